@@ -1,0 +1,1 @@
+"""Surgical video data: preparation, dataset registry, torch datasets."""

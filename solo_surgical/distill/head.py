@@ -1,0 +1,101 @@
+"""The distillation head: frozen teacher + aligned memory + relational KL, for any SSL method.
+
+A host (lightly, solo-learn, your own loop) gives the head, per step, the two augmented
+views and the student's queries and keys of both views; the head returns the KL term and
+updates its memory. It never touches the host's own loss, optimiser or queue.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .loss import symmetric_relational_kl
+from .memory import AlignedMemory
+from .teacher import FrozenTeacher
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of the distillation term (one schema for every host and method).
+
+    ``total = ssl_weight * ssl_loss + weight * relational_kl``. ``preset="authors"``
+    reproduces the authors' released code, which computes ``loss += loss + 5 * kd``
+    (i.e. 2 x SSL + 5 x KL).
+    """
+
+    teacher: Optional[str] = None
+    weight: float = 1.0
+    ssl_weight: float = 1.0
+    memory_size: int = 2048
+    student_temperature: float = 0.2
+    teacher_temperature: float = 0.2
+    symmetric: bool = True
+    preset: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in WEIGHT_PRESETS:
+                raise ValueError(f"unknown distill.preset {self.preset!r}; known: {', '.join(WEIGHT_PRESETS)}")
+            self.ssl_weight, self.weight = WEIGHT_PRESETS[self.preset]
+        if self.student_temperature <= 0 or self.teacher_temperature <= 0:
+            raise ValueError("distillation temperatures must be > 0")
+        if self.memory_size < 0:
+            raise ValueError(f"distill.memory_size must be >= 0, got {self.memory_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# name -> (ssl_weight, distill_weight)
+WEIGHT_PRESETS: dict[str, tuple[float, float]] = {
+    "default": (1.0, 1.0),
+    "authors": (2.0, 5.0),  # the released code: `loss += loss + 5 * kd`
+}
+
+
+class DistillationHead(nn.Module):
+    """Relational distillation from a :class:`FrozenTeacher` with a slot-aligned memory.
+
+    Args:
+        teacher: the frozen teacher (its embedding size Dt may differ from the student's Ds).
+        student_dim: Ds, size of the student queries/keys.
+        config: :class:`DistillConfig`.
+    """
+
+    def __init__(self, teacher: FrozenTeacher, student_dim: int, config: DistillConfig) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.config = config
+        self.memory = AlignedMemory(config.memory_size, student_dim, teacher.out_dim)
+
+    def teacher_embeddings(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
+        """(t1, t2), each (B, Dt): one teacher forward over both views (concatenated)."""
+        both = self.teacher(torch.cat([view1, view2], dim=0))
+        return both[: view1.shape[0]], both[view1.shape[0]:]
+
+    def forward(self, views: tuple[Tensor, Tensor], queries: tuple[Tensor, Tensor],
+                keys: tuple[Tensor, Tensor], update_memory: Optional[bool] = None) -> Tensor:
+        """KL(p_teacher || p_student), then enqueue (student key, teacher key) of view 2.
+
+        Args:
+            views: (x1, x2), each (B, 3, H, W), exactly the images the student saw.
+            queries: (q1, q2), each (B, Ds), student queries (gradient flows through these).
+            keys: (k1, k2), each (B, Ds), student keys (detached here).
+            update_memory: defaults to ``self.training``.
+        """
+        t1, t2 = self.teacher_embeddings(*views)
+        loss = symmetric_relational_kl(
+            queries, keys, self.memory.student(), (t1, t2), self.memory.teacher(),
+            self.config.student_temperature, self.config.teacher_temperature, self.config.symmetric,
+        )
+        if self.training if update_memory is None else update_memory:
+            # Memory is updated after the loss (MoCo's convention): a sample is never its own negative.
+            self.memory.enqueue(nn.functional.normalize(keys[1].detach(), dim=1),
+                                nn.functional.normalize(t2, dim=1))
+        return loss
+
+    def combine(self, ssl_loss: Tensor, distill_loss: Tensor) -> Tensor:
+        return self.config.ssl_weight * ssl_loss + self.config.weight * distill_loss

@@ -1,0 +1,130 @@
+"""The frozen, semantic-preserving teacher: a public backbone plus a projector trained on surgical frames.
+
+Teacher checkpoint format (``torch.save`` of a plain dict, readable without lightly or solo-learn)::
+
+    {"format": "solo-surgical-teacher", "version": 1,
+     "backbone":  {"arch": "resnet50", "state_dict": {...}},           # torchvision key names
+     "projector": {"layers": [<mlp spec>], "state_dict": {...}},      # see distill/mlp.py
+     "predictor": {"layers": [...], "state_dict": {...}} | None,
+     "meta": {"method", "source", "source_sha256", "source_layout", "mean", "std",
+              "bn", "embedding_dim", "created", ...}}
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from ..checkpoints import TEACHER_FORMAT, CheckpointError, load_backbone_state, load_file
+from .mlp import build_mlp, describe_mlp, mlp_output_dim, sequential_of
+
+TEACHER_VERSION = 1
+
+
+class FrozenTeacher(nn.Module):
+    """Backbone + projector that never learns and never changes its BatchNorm statistics.
+
+    * every parameter has ``requires_grad=False`` (so optimisers built from trainable
+      parameters never see them);
+    * :meth:`train` is overridden: the module stays in eval mode when Lightning calls
+      ``model.train()`` on the student;
+    * :meth:`forward` runs under ``torch.no_grad()``.
+
+    If the data pipeline normalises images with statistics other than the teacher's own,
+    the images are re-normalised (an exact per-channel affine map) before the backbone.
+
+    Args:
+        backbone: feature extractor, (B, 3, H, W) -> (B, F).
+        projector: (B, F) -> (B, Dt).
+        mean, std: normalisation the teacher was trained with.
+        input_mean, input_std: normalisation of the images it will be given.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, out_dim: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 input_mean: Sequence[float] = IMAGENET_MEAN, input_std: Sequence[float] = IMAGENET_STD,
+                 meta: Optional[dict[str, Any]] = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+        self.out_dim = out_dim
+        self.meta = dict(meta or {})
+        # x_teacher = (x_input * s_in + m_in - m_t) / s_t  =  x_input * scale + shift
+        m_in, s_in = torch.tensor(input_mean), torch.tensor(input_std)
+        m_t, s_t = torch.tensor(mean), torch.tensor(std)
+        self.register_buffer("_scale", (s_in / s_t).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_shift", ((m_in - m_t) / s_t).view(1, 3, 1, 1), persistent=False)
+        self._renormalise = not (torch.equal(m_in, m_t) and torch.equal(s_in, s_t))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        # Lightning calls .train() on the whole LightningModule at every epoch start;
+        # a frozen teacher must keep using (and never update) its BatchNorm statistics.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) images -> (B, Dt) teacher embeddings (not normalised)."""
+        # Lightning may restore saved per-module modes by assigning `.training` directly,
+        # bypassing train(); re-pin eval mode where it matters, at the forward.
+        for module in self.modules():
+            module.training = False
+        if self._renormalise:
+            images = images * self._scale + self._shift
+        return self.projector(self.backbone(images))
+
+
+def save_teacher_checkpoint(path: str | Path, *, arch: str, backbone: nn.Module, projector: nn.Module,
+                            predictor: Optional[nn.Module] = None, meta: dict[str, Any]) -> Path:
+    """Write a teacher checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": TEACHER_FORMAT,
+        "version": TEACHER_VERSION,
+        "backbone": {"arch": arch, "state_dict": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}},
+        "projector": _head_payload(projector),
+        "predictor": None if predictor is None else _head_payload(predictor),
+        "meta": {**meta, "embedding_dim": mlp_output_dim(describe_mlp(projector)),
+                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _head_payload(head: nn.Module) -> dict[str, Any]:
+    seq = sequential_of(head)
+    return {"layers": describe_mlp(seq), "state_dict": {k: v.detach().cpu().clone() for k, v in seq.state_dict().items()}}
+
+
+def load_teacher(path: str | Path, input_mean: Sequence[float] = IMAGENET_MEAN,
+                 input_std: Sequence[float] = IMAGENET_STD) -> FrozenTeacher:
+    """Build a :class:`FrozenTeacher` from a teacher checkpoint, checking every key."""
+    obj = load_file(path)
+    if not isinstance(obj, dict) or obj.get("format") != TEACHER_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a teacher checkpoint (make one with `solo-surgical teacher`; "
+            f"a public backbone goes in teacher.source)")
+    if obj.get("version") != TEACHER_VERSION:
+        raise CheckpointError(f"{path}: teacher checkpoint version {obj.get('version')} is not supported")
+    arch = obj["backbone"]["arch"]
+    try:
+        backbone, _ = build_backbone(arch)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
+    load_backbone_state(backbone, obj["backbone"]["state_dict"], path)
+    projector = build_mlp(obj["projector"]["layers"])
+    load_backbone_state(projector, obj["projector"]["state_dict"], f"{path} (projector)")
+    meta = dict(obj.get("meta", {}))
+    return FrozenTeacher(backbone, projector, out_dim=mlp_output_dim(obj["projector"]["layers"]),
+                         mean=meta.get("mean", IMAGENET_MEAN), std=meta.get("std", IMAGENET_STD),
+                         input_mean=input_mean, input_std=input_std, meta=meta)

@@ -1,0 +1,211 @@
+"""Shared Lightning plumbing for the lightly-based methods.
+
+A method subclass only builds its heads and implements :meth:`ssl_step`, which returns
+its SSL loss together with the query/key embeddings of both views. That contract is
+what lets the distillation head (``solo_surgical.distill``) attach to any method.
+
+Extension points (solo-learn's names): :meth:`learnable_params` and :meth:`momentum_pairs`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightly.models.utils import update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import Tensor, nn
+
+from ...backbones import build_backbone
+from ...distill import DistillationHead
+from ...errors import UserError
+
+
+@dataclass
+class SSLOutput:
+    """What a method's step exposes.
+
+    loss: scalar SSL loss. queries: (q1, q2), each (B, D), the online embeddings that
+    carry gradient. keys: (k1, k2), each (B, D), the targets (key encoder output, or the
+    detached online embedding for methods without one).
+    """
+
+    loss: Tensor
+    queries: tuple[Tensor, Tensor]
+    keys: tuple[Tensor, Tensor]
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"          # sgd | lars | adamw
+    lr: float = 0.05           # for a batch of 256; scaled linearly with the batch size
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 0
+    scale_lr_by_batch: bool = True
+
+
+def hparams_from(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys with a clear message."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+class SSLMethod(pl.LightningModule):
+    """Base Lightning module for lightly-built SSL methods, optionally distilled.
+
+    Args:
+        backbone: registered backbone name (see ``solo_surgical.backbones``).
+        hparams: method hyper-parameters, a mapping validated against ``Hparams``.
+        optim: optimiser settings (:class:`OptimConfig` fields).
+        distill: an optional :class:`DistillationHead` (``distill_<method>``).
+        freeze_backbone: ``None`` to train everything, or ``"frozen"`` / ``"recompute"``
+            for the teacher stage (only heads train).
+        backbone_module: an already built backbone (e.g. loaded from a public checkpoint).
+    """
+
+    Hparams: ClassVar[type]
+    supports_distillation: ClassVar[bool] = True
+    method_name: ClassVar[str] = "?"
+
+    def __init__(self, backbone: str = "resnet18", hparams: Optional[dict[str, Any]] = None,
+                 optim: Optional[dict[str, Any]] = None, distill: Optional[DistillationHead] = None,
+                 freeze_backbone: Optional[str] = None, backbone_module: Optional[nn.Module] = None,
+                 max_epochs: int = 1, batch_size: int = 256) -> None:
+        super().__init__()
+        self.hp = hparams_from(self.Hparams, dict(hparams or {}), f"method.kwargs of {self.method_name}")
+        self.optim_cfg = hparams_from(OptimConfig, dict(optim or {}), "optimizer")
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        module, self.feature_dim = build_backbone(backbone)
+        if backbone_module is not None:
+            module = backbone_module
+        self.backbone = module
+        self.backbone_frozen = freeze_backbone is not None
+        self.backbone_bn = freeze_backbone
+        if freeze_backbone is not None:
+            if freeze_backbone not in ("frozen", "recompute"):
+                raise UserError(f"teacher.bn must be 'frozen' or 'recompute', got {freeze_backbone!r}")
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            self.train(self.training)  # pins the backbone's BatchNorm now, before any step
+        self.build_heads()
+        self.distill = distill
+        self.save_hyperparameters(ignore=["distill", "backbone_module"])
+
+    # --- what a method implements -------------------------------------------------------
+    def build_heads(self) -> None:
+        raise NotImplementedError
+
+    def ssl_step(self, view1: Tensor, view2: Tensor) -> SSLOutput:
+        raise NotImplementedError
+
+    def embedding_heads(self) -> dict[str, nn.Module]:
+        """Heads exported with a teacher: ``{"projector": ..., "predictor": ... (optional)}``."""
+        raise NotImplementedError
+
+    # --- extension points ---------------------------------------------------------------
+    def learnable_params(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimiser. The teacher and frozen backbones never appear."""
+        excluded = {id(p) for p in self.distill.parameters()} if self.distill is not None else set()
+        for online, target in self.momentum_pairs():
+            excluded |= {id(p) for p in target.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in excluded]
+        return [{"name": "student", "params": params}]
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) module pairs updated by EMA after every step."""
+        return []
+
+    def momentum_copy(self, module: nn.Module) -> nn.Module:
+        """A frozen EMA copy of ``module``; a frozen backbone is shared, not copied."""
+        if module is self.backbone and self.backbone_frozen:
+            return module
+        clone = copy.deepcopy(module)
+        for p in clone.parameters():
+            p.requires_grad_(False)
+        return clone
+
+    # --- training -----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "SSLMethod":
+        super().train(mode)
+        # Teacher stage: the public backbone's weights never train; with bn="frozen" its
+        # BatchNorm statistics are pinned too ("recompute" re-estimates them on surgical frames).
+        if getattr(self, "backbone_bn", None) == "frozen":
+            self.backbone.train(False)
+        return self
+
+    def current_momentum(self) -> float:
+        base = getattr(self.hp, "momentum", 0.99)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        return float(cosine_schedule(self.global_step, total, base, 1.0))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning restores per-module modes by assigning `.training` (bypassing train()).
+        if self.backbone_bn == "frozen":
+            self.backbone.train(False)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        views = batch[0]
+        if len(views) != 2:
+            raise UserError(f"{self.method_name} needs exactly 2 views per image, the transform gave {len(views)}")
+        view1, view2 = views
+        out = self.ssl_step(view1, view2)
+        loss = out.loss
+        logs = {"train/ssl_loss": out.loss.detach()}
+        if self.distill is not None:
+            kd = self.distill((view1, view2), out.queries, out.keys)
+            loss = self.distill.combine(out.loss, kd)
+            logs["train/distill_kl"] = kd.detach()
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items())
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step} of {self.method_name} ({parts}); "
+                f"lower optimizer.lr or check the data; checkpoints written so far are kept")
+        logs["train/loss"] = loss.detach()
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=view1.shape[0], sync_dist=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pairs = self.momentum_pairs()
+        if pairs:
+            m = self.current_momentum()
+            for online, target in pairs:
+                update_momentum(online, target, m)
+            self.log("train/momentum", m, on_step=True, on_epoch=False, batch_size=1)
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        lr = cfg.lr * (self.batch_size / 256 if cfg.scale_lr_by_batch else 1.0)
+        groups = self.learnable_params()
+        if cfg.name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.name == "lars":
+            from lightly.utils.lars import LARS
+
+            optimizer = LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+        else:
+            raise UserError(f"optimizer.name must be sgd, lars or adamw, got {cfg.name!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, int(total * cfg.warmup_epochs / max(1, self.max_epochs)))
+
+        def factor(step: int) -> float:
+            # linear warm-up, then cosine decay to zero (per step, so short runs decay too)
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def hparams_dict(self) -> dict[str, Any]:
+        return asdict(self.hp)

@@ -1,0 +1,74 @@
+"""Hydra configuration: compose ``pretrain`` / ``teacher`` configs with ``key=value`` overrides.
+
+Method hyper-parameter defaults are not duplicated in YAML: every registered method (and
+its ``distill_`` form) is stored in Hydra's ConfigStore under the ``method`` group, built
+from the method's own ``Hparams`` dataclass. Hence ``method=distill_byol`` selects BYOL's
+defaults, and ``method.kwargs.momentum=0.996`` overrides one of them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import UserError
+from ..methods import method_names, resolve_method
+
+CONFIG_MODULE = "solo_surgical.configs"
+
+
+def _store_methods() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name in method_names(include_aliases=True):
+        resolved = resolve_method(name)
+        kwargs = asdict(resolved.cls.Hparams())
+        store.store(group="method", name=name, node={"name": resolved.name, "kwargs": kwargs})
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``solo_surgical/configs/<config_name>.yaml`` with Hydra overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _store_methods()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "method" in first and "Could not find" in first:
+            first += f" (registered methods: {', '.join(method_names(include_aliases=True))})"
+        raise UserError(f"config {config_name}: {first}") from None
+    return cfg
+
+
+def require(cfg: DictConfig, key: str, what: str) -> str:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is None or OmegaConf.is_missing(cfg, key):
+        raise UserError(f"{key} is required: {what}")
+    return str(value)
+
+
+def save_config(cfg: DictConfig, path: Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+    return path
+
+
+def global_batch_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    n_devices = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else (
+        int(devices) if str(devices).lstrip("-").isdigit() and int(devices) > 0 else 1)
+    return int(cfg.data.batch_size) * n_devices * int(cfg.trainer.num_nodes)

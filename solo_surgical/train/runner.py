@@ -1,0 +1,172 @@
+"""Build methods from a config and train them with Lightning (pretraining and teacher stage)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from ..backbones import build_backbone
+from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file, sha256_file
+from ..data.images import ImageFolderDataset, generate_images
+from ..distill import DistillationHead, DistillConfig, load_teacher, save_teacher_checkpoint
+from ..errors import UserError
+from ..methods import resolve_method
+from .config import global_batch_size, require, save_config
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written under a temporary name and renamed: a kill never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def method_transform(method_name: str, cfg: DictConfig):
+    """The two-view augmentation of the method's paper, from lightly, at the configured size."""
+    from lightly.transforms import BYOLTransform, MoCoV2Transform, SimCLRTransform
+
+    base = resolve_method(method_name).base_name
+    normalize = {"mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+    size, min_scale = int(cfg.data.image_size), float(cfg.data.min_scale)
+    if base == "byol":
+        from lightly.transforms import BYOLView1Transform, BYOLView2Transform
+
+        return BYOLTransform(
+            view_1_transform=BYOLView1Transform(input_size=size, min_scale=min_scale, normalize=normalize),
+            view_2_transform=BYOLView2Transform(input_size=size, min_scale=min_scale, normalize=normalize))
+    if base == "simclr":
+        return SimCLRTransform(input_size=size, min_scale=min_scale, normalize=normalize)
+    return MoCoV2Transform(input_size=size, min_scale=min_scale, normalize=normalize)
+
+
+def load_public_backbone(source: str, arch_hint: Optional[str] = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """Backbone from a torchvision / MoCo v2 / solo-surgical file, strictly key-checked.
+
+    Returns ``(module, arch, info)``; info holds source path, SHA-256 and detected layout.
+    """
+    obj = load_file(source)
+    state, layout = extract_backbone_state(obj, source)
+    arch = (obj["backbone"]["arch"] if layout == "solo-surgical-teacher" else None) or infer_resnet_arch(state) or arch_hint
+    if arch is None:
+        raise UserError(f"{source}: cannot tell the architecture from its keys; set backbone.name")
+    module, _ = build_backbone(arch)
+    load_backbone_state(module, state, source)
+    return module, arch, {"source": str(source), "source_sha256": sha256_file(source), "source_layout": layout}
+
+
+def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
+                backbone_module: Optional[torch.nn.Module] = None, arch: Optional[str] = None):
+    """Instantiate the configured method (and its distillation head for ``distill_*``)."""
+    resolved = resolve_method(str(cfg.method.name))
+    if freeze_backbone and resolved.distilled:
+        raise UserError(f"the teacher stage trains a plain method, not {resolved.name}")
+    if backbone_module is None and cfg.backbone.init:
+        backbone_module, arch, _ = load_public_backbone(str(cfg.backbone.init), str(cfg.backbone.name))
+    model = resolved.cls(
+        backbone=arch or str(cfg.backbone.name),
+        hparams=OmegaConf.to_container(cfg.method.kwargs, resolve=True),
+        optim=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        freeze_backbone=freeze_backbone, backbone_module=backbone_module,
+        max_epochs=int(cfg.trainer.max_epochs), batch_size=global_batch_size(cfg),
+    )
+    if resolved.distilled:
+        dcfg = DistillConfig(**OmegaConf.to_container(cfg.distill, resolve=True))
+        require(cfg, "distill.teacher", f"{resolved.name} distils from a teacher checkpoint "
+                                        f"(make one with `solo-surgical teacher`)")
+        if 0 < dcfg.memory_size < global_batch_size(cfg):
+            raise UserError(f"distill.memory_size={dcfg.memory_size} is smaller than the global batch "
+                            f"{global_batch_size(cfg)}; it must hold at least one batch")
+        teacher = load_teacher(dcfg.teacher, input_mean=cfg.data.mean, input_std=cfg.data.std)
+        model.distill = DistillationHead(teacher, model.hp.proj_output_dim, dcfg)
+    return model
+
+
+def train_loader(cfg: DictConfig, run_dir: Path) -> DataLoader:
+    root = cfg.data.root
+    if root is None:
+        root = generate_images(run_dir / "generated_images", int(cfg.data.generated_count),
+                               int(cfg.data.generated_size), int(cfg.run.seed))
+    dataset = ImageFolderDataset(root, transform=method_transform(str(cfg.method.name), cfg))
+    if len(dataset) < int(cfg.data.batch_size):
+        raise UserError(f"{root}: {len(dataset)} images, fewer than data.batch_size={cfg.data.batch_size}")
+    workers = int(cfg.data.num_workers)
+    return DataLoader(dataset, batch_size=int(cfg.data.batch_size), shuffle=True, drop_last=True,
+                      num_workers=workers, persistent_workers=workers > 0)
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[str]:
+    resume = cfg.run.resume
+    if resume is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(str(resume))
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint to resume from not found")
+    return str(path)
+
+
+def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer:
+    """Train ``model`` with the run folder layout::
+
+        RUN_DIR/config.yaml            resolved config
+        RUN_DIR/checkpoints/last.ckpt  (+ epoch=NNN.ckpt every run.checkpoint_every_n_epochs)
+        RUN_DIR/logs/version_N/metrics.csv   CSV log (one version per launch, resumes included)
+        RUN_DIR/tensorboard/version_N/       TensorBoard log
+    """
+    pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_path(cfg, run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    loader = train_loader(cfg, run_dir)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch={epoch:03d}",
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                                 every_n_epochs=int(cfg.run.checkpoint_every_n_epochs))
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        default_root_dir=str(run_dir),
+        # New log versions on resume (logs/version_N): Lightning would otherwise overwrite metrics.csv.
+        logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tensorboard")],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader, ckpt_path=ckpt_path)
+    return trainer
+
+
+def run_pretrain(cfg: DictConfig) -> Path:
+    run_dir = Path(str(cfg.run.dir))
+    model = build_model(cfg)
+    fit(cfg, model, run_dir)
+    return run_dir
+
+
+def run_teacher_stage(cfg: DictConfig) -> Path:
+    """Freeze a public backbone, train the method's heads on surgical frames, export a teacher."""
+    source = require(cfg, "teacher.source", "the public backbone checkpoint (torchvision, MoCo v2 or ours)")
+    backbone, arch, info = load_public_backbone(source, str(cfg.backbone.name))
+    OmegaConf.update(cfg, "backbone.name", arch)
+    model = build_model(cfg, freeze_backbone=str(cfg.teacher.bn), backbone_module=backbone, arch=arch)
+    run_dir = Path(str(cfg.run.dir))
+    trainer = fit(cfg, model, run_dir)
+    out = Path(str(cfg.teacher.out)) if cfg.teacher.out else run_dir / "teacher.pth"
+    if trainer.global_rank == 0:
+        heads = model.embedding_heads()
+        save_teacher_checkpoint(
+            out, arch=arch, backbone=model.backbone, projector=heads["projector"], predictor=heads.get("predictor"),
+            meta={**info, "method": model.method_name, "bn": str(cfg.teacher.bn), "mean": list(cfg.data.mean),
+                  "std": list(cfg.data.std), "image_size": int(cfg.data.image_size),
+                  "steps": int(trainer.global_step), "method_kwargs": model.hparams_dict()})
+    return out
