@@ -34,21 +34,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def method_transform(method_name: str, cfg: DictConfig):
-    """The two-view augmentation of the method's paper, from lightly, at the configured size."""
-    from lightly.transforms import BYOLTransform, MoCoV2Transform, SimCLRTransform
+    """The method's own two-view augmentation at the configured size.
 
-    base = resolve_method(method_name).base_name
-    normalize = {"mean": list(cfg.data.mean), "std": list(cfg.data.std)}
-    size, min_scale = int(cfg.data.image_size), float(cfg.data.min_scale)
-    if base == "byol":
-        from lightly.transforms import BYOLView1Transform, BYOLView2Transform
-
-        return BYOLTransform(
-            view_1_transform=BYOLView1Transform(input_size=size, min_scale=min_scale, normalize=normalize),
-            view_2_transform=BYOLView2Transform(input_size=size, min_scale=min_scale, normalize=normalize))
-    if base == "simclr":
-        return SimCLRTransform(input_size=size, min_scale=min_scale, normalize=normalize)
-    return MoCoV2Transform(input_size=size, min_scale=min_scale, normalize=normalize)
+    ``data.augment`` holds extra keyword arguments for it, e.g. ``+data.augment.cj_prob=0.5``.
+    """
+    kwargs = dict(input_size=int(cfg.data.image_size), min_scale=float(cfg.data.min_scale),
+                  normalize={"mean": list(cfg.data.mean), "std": list(cfg.data.std)},
+                  **OmegaConf.to_container(cfg.data.augment, resolve=True))
+    try:
+        return resolve_method(method_name).cls.make_transform(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"data.augment: {exc}") from None
 
 
 def load_public_backbone(source: str, arch_hint: Optional[str] = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:

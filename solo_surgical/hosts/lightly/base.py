@@ -100,6 +100,11 @@ class SSLMethod(pl.LightningModule):
         self.save_hyperparameters(ignore=["distill", "backbone_module"])
 
     # --- what a method implements -------------------------------------------------------
+    @staticmethod
+    def make_transform(**kwargs: Any) -> Any:
+        """PIL image -> list of two augmented views (the method paper's augmentation)."""
+        raise NotImplementedError
+
     def build_heads(self) -> None:
         raise NotImplementedError
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead, SimCLRProjectionHead
+from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, MoCoV2Transform, SimCLRTransform
 from torch import Tensor, nn
 
 from ...methods import register_method
@@ -26,6 +27,10 @@ class SimCLR(SSLMethod):
         proj_hidden_dim: int = 2048
         proj_output_dim: int = 128
         temperature: float = 0.2
+
+    @staticmethod
+    def make_transform(**kwargs: Any) -> SimCLRTransform:
+        return SimCLRTransform(**kwargs)
 
     def build_heads(self) -> None:
         hp = self.hp
@@ -56,6 +61,10 @@ class MoCoV2Plus(SSLMethod):
         temperature: float = 0.2
         queue_size: int = 2048
         momentum: float = 0.99
+
+    @staticmethod
+    def make_transform(**kwargs: Any) -> MoCoV2Transform:
+        return MoCoV2Transform(**kwargs)
 
     def build_heads(self) -> None:
         hp = self.hp
@@ -111,6 +120,12 @@ class BYOL(SSLMethod):
         proj_output_dim: int = 256
         pred_hidden_dim: int = 4096
         momentum: float = 0.99
+
+    @staticmethod
+    def make_transform(**kwargs: Any) -> BYOLTransform:
+        # BYOL's two views differ (blur and solarisation probabilities); extra kwargs go to both
+        return BYOLTransform(view_1_transform=BYOLView1Transform(**kwargs),
+                             view_2_transform=BYOLView2Transform(**kwargs))
 
     def build_heads(self) -> None:
         hp = self.hp

@@ -1,0 +1,123 @@
+"""The command line: one-line errors for bad input, nothing lost, resume, DDP, and the demo."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from solo_surgical.cli import main
+
+from conftest import TINY, make_teacher_checkpoint
+
+
+def _run(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("solo-surgical: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _base(tmp_path, image_dir, *extra):
+    return ["pretrain", *TINY, f"data.root={image_dir}", f"run.dir={tmp_path / 'run'}", "trainer.max_epochs=1",
+            "method.kwargs.queue_size=16", *extra]
+
+
+def test_methods_lists_registry(capsys):
+    code, out, _ = _run(capsys, "methods")
+    assert code == 0
+    names = {line.split()[0] for line in out.splitlines()}
+    assert {"simclr", "mocov2plus", "moco", "byol", "distill_simclr", "distill_mocov2plus", "distill_moco",
+            "distill_byol"} <= names
+
+
+def test_unknown_method(capsys, tmp_path, image_dir):
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir, "method=distill_swav"))
+    assert code == 2 and "distill_swav" in _error_line(err) and "mocov2plus" in _error_line(err)
+
+
+def test_missing_teacher_file(capsys, tmp_path, image_dir):
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir, f"distill.teacher={tmp_path / 'absent.pth'}"))
+    assert code == 2 and "absent.pth: checkpoint file not found" in _error_line(err)
+
+
+def test_teacher_not_given(capsys, tmp_path, image_dir):
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir))
+    assert code == 2 and "distill.teacher is required" in _error_line(err)
+
+
+def test_teacher_with_wrong_keys_and_shapes(capsys, tmp_path, image_dir):
+    ckpt = torch.load(make_teacher_checkpoint(tmp_path / "t.pth"), weights_only=False)
+    ckpt["backbone"]["state_dict"]["features.0.weight"] = torch.zeros(16, 3, 5, 5)
+    ckpt["backbone"]["state_dict"]["extra.weight"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "bad.pth")
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir, f"distill.teacher={tmp_path / 'bad.pth'}"))
+    line = _error_line(err)
+    assert code == 2 and "bad.pth" in line and "extra.weight" in line and "features.0.weight (16, 3, 5, 5)" in line
+
+
+def test_memory_smaller_than_batch(capsys, tmp_path, image_dir, teacher_ckpt):
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir, f"distill.teacher={teacher_ckpt}", "distill.memory_size=4"))
+    assert code == 2 and "distill.memory_size=4 is smaller than the global batch 8" in _error_line(err)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_restores_memories_and_nan_loses_nothing(capsys, tmp_path, image_dir, teacher_ckpt):
+    common = _base(tmp_path, image_dir, f"distill.teacher={teacher_ckpt}", "distill.memory_size=24",
+                   "trainer.enable_progress_bar=false")
+    assert _run(capsys, *common)[0] == 0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["global_step"] == 4 and int(first["state_dict"]["distill.memory.pointer"]) == 32 % 24
+    assert "moco_queue" in first and int(first["moco_queue"]["ptr"]) == (4 * 2 * 8) % 16
+    # resume for a second epoch: memory continues where it stopped (64 % 24 = 16, not 32 % 24 again)
+    assert _run(capsys, *common, "run.resume=last", "trainer.max_epochs=2")[0] == 0
+    second = torch.load(last, weights_only=False)
+    assert second["global_step"] == 8 and int(second["state_dict"]["distill.memory.pointer"]) == 64 % 24
+    assert len(list((tmp_path / "run" / "logs").glob("version_*/metrics.csv"))) == 2  # first log kept
+    # a diverging relaunch in the same run folder ends with one line naming the cause, and the
+    # checkpoint already on disk is untouched (a resume would restore the saved lr, hence a fresh launch)
+    before = _sha(last)
+    code, _, err = _run(capsys, *common, "optimizer.lr=nan")
+    assert code == 2 and "non-finite loss" in _error_line(err)
+    assert _sha(last) == before
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_via_cli(tmp_path, image_dir, teacher_ckpt):
+    """`trainer.strategy=ddp trainer.devices=2` on CPU (gloo): keys from both ranks fill the memory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "solo_surgical.cli", *_base(tmp_path, image_dir, f"distill.teacher={teacher_ckpt}",
+           "distill.memory_size=48", "trainer.strategy=ddp", "trainer.devices=2", "trainer.enable_progress_bar=false")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    # 32 images / (2 ranks x 8) = 2 steps; each step enqueues the global batch of 16
+    assert ckpt["global_step"] == 2
+    assert int(ckpt["state_dict"]["distill.memory.filled"]) == 32
+    assert int(ckpt["state_dict"]["distill.memory.pointer"]) == 32 % 48
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "solo_surgical.cli", "demo", "--quick", "--epochs", "1",
+                             "--out", str(tmp_path / "demo")], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = torch.load(tmp_path / "demo" / "teacher" / "teacher.pth", weights_only=False)
+    public = next((tmp_path / "demo" / "public_model").glob("resnet18-*.pth"))
+    assert teacher["meta"]["source_sha256"].startswith(public.stem.split("-")[1])
+    assert (tmp_path / "demo" / "student" / "checkpoints" / "last.ckpt").is_file()
+    assert "solo-surgical demo finished" in result.stdout
