@@ -1,0 +1,150 @@
+"""CLI: ``prepare``, ``synth`` (alias ``synthesize``) and ``export-solo-learn``.
+
+Heavy modules (av, numpy, torch) are imported inside the commands so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+PREPARE_EPILOG = """\
+frame selection: source frames are numbered 0,1,2,... in presentation order (as annotations count
+them); output frame k is the first source frame whose timestamp, measured from the first frame, is
+>= k/fps minus a quarter native frame. At 25 fps with --fps 1 that is source frames 0, 25, 50, ...
+
+output: DATA/manifest.json; DATA/<video>/<k:06d>.jpg; DATA/<video>/frames.tsv with columns
+frame, source_frame, time, phase (index into the manifest's phases, -1 unlabeled), tools...
+Reruns skip finished videos and redo partial ones. Exit status 1 if any video failed.
+"""
+
+
+def _size(text: str) -> tuple[int, int] | None:
+    try:
+        if text in ("0", "none"):
+            return None
+        if "x" in text:
+            w, h = (int(v) for v in text.lower().split("x"))
+        else:
+            w = h = int(text)
+        if w <= 0 or h <= 0:
+            raise ValueError
+        return w, h
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected N, WxH or 0") from None
+
+
+def _fps(text: str) -> str:
+    from fractions import Fraction
+
+    try:
+        if Fraction(text) <= 0:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"fps {text!r}: expected a positive number like 1, 0.5 or 5/2") from None
+    return text
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="decode surgical videos into cropped JPEG frames with aligned phase labels",
+        description="Decode Cholec80, M2CAI16 or a folder of videos into frames and labels.",
+        epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=["cholec80", "m2cai16", "folder"])
+    p.add_argument("--root", required=True, type=Path, help="the raw dataset folder (published layout)")
+    p.add_argument("--out", required=True, type=Path, help="the prepared folder DATA")
+    p.add_argument("--fps", type=_fps, default="1", help="output frame rate (default 1)")
+    p.add_argument("--size", type=_size, default=(250, 250),
+                   help="output size N (NxN), WxH, or 0 for no resize (default 250)")
+    p.add_argument("--keep-aspect", action="store_true",
+                   help="preserve the aspect ratio: the shorter side becomes N (use with --size N)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--no-crop", action="store_true", help="keep black margins")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="videos prepared in parallel (processes; default min(4, cores))")
+    p.add_argument("--phases", help="folder dataset: comma-separated phase names, in order")
+    p.add_argument("--videos", nargs="+", metavar="NAME", help="only these videos (by name, e.g. video01)")
+    p.set_defaults(func=run_prepare)
+
+    s = subparsers.add_parser(
+        "synth", aliases=["synthesize"], help="generate the synthetic surgical video set (Cholec80 layout)",
+        description="Write procedurally generated laparoscopic-like H.264 videos with Cholec80-format "
+                    "phase and tool annotations; deterministic from the seed.")
+    s.add_argument("--out", required=True, type=Path, help="the raw folder to create (RAW)")
+    s.add_argument("--videos", type=int, default=8, help="number of videos, 1-80 (default 8)")
+    s.add_argument("--seconds", type=float, default=120.0, help="mean video length (default 120, +-20%%)")
+    s.add_argument("--fps", type=int, default=25, help="frame rate (default 25)")
+    s.add_argument("--size", type=_size, default=(384, 216), help="frame size WxH (default 384x216)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="videos rendered in parallel")
+    s.set_defaults(func=run_synth)
+
+    e = subparsers.add_parser(
+        "export-solo-learn", help="symlink a prepared folder into solo-learn's custom dataset layouts",
+        description="EXPORT/pretrain/train (flat, data.no_labels=True) and EXPORT/linear/{train,val}/<i>_<Phase>/.")
+    e.add_argument("--data", required=True, type=Path, help="the prepared folder")
+    e.add_argument("--out", required=True, type=Path, help="the export folder (replaced if it is an export)")
+    e.add_argument("--protocol", help="split protocol (default: the dataset's first, e.g. paper)")
+    e.add_argument("--budget", help="training videos: a fraction (0.25, 25%%) or a count (10); default all")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=run_export)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from .prepare import Options, prepare
+    from .registry import get_dataset
+
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()] if args.phases else None
+    if phases and args.dataset != "folder":
+        raise UserError("--phases is only for --dataset folder (the others have fixed phase lists)")
+    if args.keep_aspect and args.size and args.size[0] != args.size[1]:
+        raise UserError("--keep-aspect takes --size N (the shorter side), not WxH")
+    if not 1 <= args.quality <= 100:
+        raise UserError(f"--quality {args.quality}: expected 1-100")
+    spec = get_dataset(args.dataset, phases=phases)
+    opts = Options(fps=args.fps, size=args.size, keep_aspect=args.keep_aspect, quality=args.quality,
+                   crop=not args.no_crop)
+    started = time.monotonic()
+    manifest, failed = prepare(spec, args.root, args.out, opts, workers=max(1, args.workers), only=args.videos)
+    frames = sum(v["output_frames"] for v in manifest["videos"].values())
+    summary = (f"prepare: {len(manifest['videos'])} videos ready in {args.out} ({frames} frames), "
+               f"{time.monotonic() - started:.1f} s")
+    if failed:
+        summary += f"; {len(failed)} failed: {', '.join(sorted(failed))}"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthConfig, synthesize
+
+    if not 1 <= args.videos <= 80:
+        raise UserError(f"--videos {args.videos}: the Cholec80 layout holds 1 to 80 videos")
+    if args.size is None or args.size[0] % 2 or args.size[1] % 2:
+        raise UserError("--size must be WxH with even width and height (H.264 4:2:0)")
+    if args.seconds <= 0 or args.fps <= 0:
+        raise UserError("--seconds and --fps must be positive")
+    cfg = SynthConfig(videos=args.videos, seconds=args.seconds, fps=args.fps, width=args.size[0],
+                      height=args.size[1], seed=args.seed)
+
+    def progress(done: int, total: int, name: str, frames: int) -> None:
+        print(f"synth: [{done}/{total}] {name}: {frames} frames", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    meta = synthesize(args.out, cfg, progress=progress, workers=max(1, args.workers))
+    print(f"synth: {len(meta['videos'])} videos in {args.out} ({time.monotonic() - started:.1f} s); "
+          f"next: solo-surgical prepare --dataset cholec80 --root {args.out} --out DATA", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .datasets import parse_budget
+    from .sololearn import export_solo_learn
+
+    counts = export_solo_learn(args.data, args.out, args.protocol, parse_budget(args.budget), args.seed)
+    print("export-solo-learn: " + ", ".join(f"{k}: {v} links" for k, v in counts.items()), file=sys.stderr)
+    return 0
