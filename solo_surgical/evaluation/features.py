@@ -1,0 +1,214 @@
+"""Per-video feature files, backbone loading for evaluation, and ``solo-surgical extract``.
+
+Feature file ``FEATS/<video>.pt`` (``torch.save`` of a dict):
+
+    features       float32 (T, F)  backbone output per sampled frame
+    frame_indices  int64 (T,)      source frame index at the video's native rate
+    labels         int64 (T,)      phase index into ``phases`` (-1: unlabeled)
+    video, dataset, phases, fps, native_fps, backbone, checkpoint   provenance
+
+``FEATS/features.json`` lists the videos and the same provenance.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import UserError
+
+FEATURES_INDEX = "features.json"
+
+
+@dataclass
+class FeatureFile:
+    video: str
+    features: Any  # torch.Tensor (T, F)
+    frame_indices: Any  # torch.Tensor (T,)
+    labels: Any  # torch.Tensor (T,)
+    meta: dict
+
+
+def save_feature_file(path: Path, features, frame_indices, labels, meta: dict) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"features": features.float().contiguous(), "frame_indices": frame_indices.long(),
+                "labels": labels.long(), **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_feature_file(path: Path) -> FeatureFile:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        feats, frames, labels = obj["features"], obj["frame_indices"], obj["labels"]
+    except Exception as exc:
+        raise UserError(f"{path}: not a feature file ({type(exc).__name__})") from None
+    if feats.ndim != 2 or frames.shape != (feats.shape[0],) or labels.shape != (feats.shape[0],):
+        raise UserError(f"{path}: inconsistent shapes features {tuple(feats.shape)}, "
+                        f"frame_indices {tuple(frames.shape)}, labels {tuple(labels.shape)}")
+    meta = {k: v for k, v in obj.items() if k not in ("features", "frame_indices", "labels")}
+    return FeatureFile(str(obj.get("video", path.stem)), feats.float(), frames.long(), labels.long(), meta)
+
+
+def load_feature_dir(folder: str | Path) -> tuple[dict[str, FeatureFile], dict]:
+    """All ``*.pt`` feature files of a folder and its index (phases, dataset, ...)."""
+    folder = Path(folder)
+    index_path = folder / FEATURES_INDEX
+    if not index_path.exists():
+        raise UserError(f"{index_path}: missing; run 'solo-surgical extract' first")
+    index = json.loads(index_path.read_text())
+    files = {}
+    for video in index["videos"]:
+        path = folder / f"{video}.pt"
+        if not path.exists():
+            raise UserError(f"{path}: listed in {FEATURES_INDEX} but missing")
+        files[video] = load_feature_file(path)
+    return files, index
+
+
+def load_backbone(checkpoint: str | None, backbone: str | None):
+    """``(module, feature_dim, name, layout)`` from a checkpoint (any layout of
+    :mod:`solo_surgical.checkpoints`) or a registered backbone name (random init, for smoke runs)."""
+    from ..backbones import build_backbone
+    from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file
+
+    if checkpoint is None:
+        if backbone is None:
+            raise UserError("give --checkpoint, or --backbone for a randomly initialised one")
+        try:
+            module, dim = build_backbone(backbone)
+        except KeyError as exc:
+            raise UserError(str(exc).strip("'\"")) from None
+        return module, dim, backbone, "random-init"
+    obj = load_file(checkpoint)
+    state, layout = extract_backbone_state(obj, checkpoint)
+    name = backbone
+    if name is None and isinstance(obj, dict):
+        name = (obj.get("backbone") or {}).get("arch") if isinstance(obj.get("backbone"), dict) else None
+        hp_name = (obj.get("hyper_parameters") or {}).get("backbone")
+        name = name or (hp_name if isinstance(hp_name, str) else None)
+    name = name or infer_resnet_arch(state)
+    if name is None:
+        raise UserError(f"{checkpoint}: cannot tell the architecture; give --backbone")
+    try:
+        module, dim = build_backbone(str(name))
+    except KeyError as exc:
+        raise UserError(f"{checkpoint}: {str(exc).strip(chr(34) + chr(39))}") from None
+    load_backbone_state(module, state, checkpoint)
+    return module, dim, str(name), layout
+
+
+def eval_transform(image_size: int):
+    from torchvision import transforms as T
+
+    from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def subsample(records: Sequence, fps: float | None, native_fps: float) -> list:
+    """Keep the first prepared frame in each ``1/fps`` second bin of source frames."""
+    if fps is None:
+        return list(records)
+    kept, last_bin = [], None
+    for r in records:
+        b = math.floor(r.source * fps / native_fps + 1e-9)
+        if b != last_bin:
+            kept.append(r)
+            last_bin = b
+    return kept
+
+
+class _RecordImages:
+    """Dataset over prepared frame records: ``(transform(image), i)``."""
+
+    def __init__(self, records: Sequence, transform) -> None:
+        self.records, self.transform = list(records), transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.records[i].path) as image:
+            return self.transform(image.convert("RGB")), i
+
+
+def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backbone: str | None,
+            fps: float | None = None, parts: Sequence[str] = ("train", "val", "test"),
+            protocol: str | None = None, image_size: int = 224, batch_size: int = 64,
+            num_workers: int = 0, device: str = "cpu", log=print) -> dict:
+    """Write one feature file per video of the chosen parts; returns the index."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..data.datasets import PreparedData
+
+    data = PreparedData(data_dir)
+    module, dim, name, layout = load_backbone(checkpoint, backbone)
+    module.eval().to(device)
+    videos = sorted({v for part in parts for v in data.part(part, protocol)})
+    if not videos:
+        raise UserError(f"{data.root}: no videos in parts {', '.join(parts)}")
+    out = Path(out)
+    transform = eval_transform(image_size)
+    index = {"dataset": data.manifest["dataset"], "phases": data.phases, "fps": fps,
+             "backbone": name, "checkpoint": str(checkpoint) if checkpoint else None, "layout": layout,
+             "feature_dim": dim, "data": str(data.root), "videos": []}
+    for video in videos:
+        native = float(data.manifest["videos"][video].get("native_fps") or 25.0)
+        records = subsample(data.frames(video), fps, native)
+        loader = DataLoader(_RecordImages(records, transform), batch_size=batch_size, num_workers=num_workers)
+        chunks = []
+        with torch.inference_mode():
+            for images, _ in loader:
+                chunks.append(module(images.to(device)).float().cpu())
+        meta = {k: index[k] for k in ("dataset", "phases", "fps", "backbone", "checkpoint")}
+        save_feature_file(out / f"{video}.pt", torch.cat(chunks),
+                          torch.tensor([r.source for r in records]), torch.tensor([r.phase for r in records]),
+                          {**meta, "video": video, "native_fps": native})
+        index["videos"].append(video)
+        log(f"{video}: {len(records)} frames -> {out / (video + '.pt')}")
+    tmp = out / f".{FEATURES_INDEX}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, out / FEATURES_INDEX)
+    return index
+
+
+def run_extract(args: Any) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    extract(args.data, args.out, args.checkpoint, args.backbone, args.fps, args.parts.split(","),
+            args.protocol, args.image_size, args.batch_size, args.workers, args.device)
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "extract", help="per-video backbone features of a prepared folder",
+        description="Run a frozen backbone over the frames of a prepared folder (solo-surgical prepare) "
+                    "and save FEATS/<video>.pt with features (T, F), frame_indices (T,), labels (T,).")
+    p.add_argument("--data", required=True, help="prepared folder (with manifest.json)")
+    p.add_argument("--out", required=True, help="folder for the feature files")
+    p.add_argument("--checkpoint", help="our pretraining/linear checkpoint, a teacher checkpoint, "
+                                        "a torchvision or MoCo v2 state dict")
+    p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
+    p.add_argument("--fps", type=float, help="sample this many frames per second (default: all prepared)")
+    p.add_argument("--parts", default="train,val,test", help="comma-separated parts (default: all)")
+    p.add_argument("--protocol", help="split scheme of the dataset (default: its first)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_extract)

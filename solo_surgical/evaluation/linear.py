@@ -1,0 +1,206 @@
+"""``solo-surgical linear``: frame-level phase classification on a prepared folder.
+
+* default (linear probe): the backbone is frozen; features of every labeled frame are computed
+  once (evaluation transform) and a linear layer is trained on them;
+* ``--finetune``: backbone and linear layer trained end to end with crop/flip augmentation.
+
+The epoch kept is the one with the best accuracy on the **validation** videos of the split
+(Cholec80 ``standard`` by default); test videos are only scored, once, with that model. A split
+without validation videos keeps the last epoch and says so.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .features import eval_transform, load_backbone
+
+
+def _default_protocol(dataset: str) -> str | None:
+    return "standard" if dataset == "cholec80" else None
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
+    import torch
+    from torch.utils.data import DataLoader
+
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen)
+
+
+def _features(module, dataset, batch_size: int, workers: int, device: str):
+    """(N, F) features and (N,) labels of a LabeledFrames set, in record order."""
+    import torch
+
+    feats, labels = [], []
+    module.eval()
+    with torch.inference_mode():
+        for images, phases in _loader(dataset, batch_size, False, workers):
+            feats.append(module(images.to(device)).float().cpu())
+            labels.append(phases)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _accuracy(logits, labels) -> float:
+    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def train_probe(train_x, train_y, val_x, val_y, num_classes: int, epochs: int, lr: float,
+                batch_size: int, weight_decay: float = 0.0, seed: int = 0):
+    """Linear layer on fixed features (features standardised with train statistics).
+    Returns ``(head, mean, std, history, best_epoch)``."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    head = nn.Linear(train_x.shape[1], num_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    xs, history = (train_x - mean) / std, []
+    best, best_state, best_epoch = -1.0, None, epochs
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        for idx in torch.randperm(len(xs), generator=gen).split(batch_size):
+            loss = nn.functional.cross_entropy(head(xs[idx]), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            row = {"epoch": epoch, "train_acc": _accuracy(head(xs), train_y)}
+            if val_x is not None:
+                row["val_acc"] = _accuracy(head((val_x - mean) / std), val_y)
+                if row["val_acc"] > best:
+                    best, best_state, best_epoch = row["val_acc"], copy.deepcopy(head.state_dict()), epoch
+        history.append(row)
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return head, mean, std, history, best_epoch
+
+
+def run_linear(args: Any) -> int:
+    import torch
+    from torch import nn
+    from torchvision import transforms as T
+
+    from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.datasets import LabeledFrames, PreparedData, parse_budget
+    from .labels import write_phase_file
+
+    torch.set_num_threads(max(1, args.threads))
+    data = PreparedData(args.data)
+    protocol = args.protocol or _default_protocol(data.manifest["dataset"])
+    module, dim, name, layout = load_backbone(args.checkpoint, args.backbone)
+    module.to(args.device)
+    n_cls = len(data.phases)
+    test_tf = eval_transform(args.image_size)
+    budget = parse_budget(args.budget)
+    train_tf = test_tf if not args.finetune else T.Compose([
+        T.RandomResizedCrop(args.image_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    train_set = LabeledFrames(data, "train", protocol, budget, args.seed, train_tf)
+    has_val = bool(data.part("val", protocol))
+    val_set = LabeledFrames(data, "val", protocol, transform=test_tf) if has_val else None
+    test_set = LabeledFrames(data, "test", protocol, transform=test_tf) if data.part("test", protocol) else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.finetune:
+        tx, ty = _features(module, train_set, args.batch_size, args.workers, args.device)
+        vx, vy = _features(module, val_set, args.batch_size, args.workers, args.device) if val_set else (None, None)
+        head, mean, std, history, best_epoch = train_probe(tx, ty, vx, vy, n_cls, args.epochs, args.lr,
+                                                           args.batch_size, args.weight_decay, args.seed)
+
+        def classify(dataset):
+            x, y = _features(module, dataset, args.batch_size, args.workers, args.device)
+            with torch.no_grad():
+                return head((x - mean) / std).argmax(1), y
+        state = {**{f"backbone.{k}": v for k, v in module.state_dict().items()},
+                 "head.weight": head.weight.detach() / std[None, :],
+                 "head.bias": head.bias.detach() - (head.weight.detach() * (mean / std)[None, :]).sum(1)}
+    else:
+        head = nn.Linear(dim, n_cls).to(args.device)
+        model = nn.Sequential(module, head)
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+        best, best_state, best_epoch, history = -1.0, None, args.epochs, []
+        for epoch in range(1, args.epochs + 1):
+            model.train()
+            for images, phases in _loader(train_set, args.batch_size, True, args.workers, args.seed + epoch):
+                loss = nn.functional.cross_entropy(model(images.to(args.device)), phases.to(args.device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            row: dict = {"epoch": epoch, "loss": float(loss.detach())}
+            if val_set is not None:
+                model.eval()
+                x, y = _features(model, val_set, args.batch_size, args.workers, args.device)
+                row["val_acc"] = _accuracy(x, y)
+                if row["val_acc"] > best:
+                    best, best_state, best_epoch = row["val_acc"], copy.deepcopy(model.state_dict()), epoch
+            history.append(row)
+            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if best_state is not None:
+            model.load_state_dict(best_state)
+
+        def classify(dataset):
+            x, y = _features(model, dataset, args.batch_size, args.workers, args.device)
+            return x.argmax(1), y
+        state = {**{f"backbone.{k}": v for k, v in module.state_dict().items()},
+                 **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    result: dict = {"mode": "finetune" if args.finetune else "linear", "backbone": name, "layout": layout,
+                    "checkpoint": args.checkpoint, "protocol": protocol, "phases": data.phases,
+                    "selection": f"best validation accuracy (epoch {best_epoch})" if val_set is not None
+                    else "last epoch (this split has no validation videos)", "history": history}
+    if val_set is not None:
+        pred, y = classify(val_set)
+        result["val_acc"] = 100.0 * float((pred == y).float().mean())
+    if test_set is not None:
+        pred, y = classify(test_set)
+        result["test_acc"] = 100.0 * float((pred == y).float().mean())
+        per_video: dict[str, list] = {}
+        for record, p in zip(test_set.records, pred.tolist()):
+            per_video.setdefault(record.video, []).append((record.source, data.phases[p]))
+        for video, rows in per_video.items():
+            write_phase_file(out / "predictions" / f"{video}_pred.txt", [r[0] for r in rows], [r[1] for r in rows])
+    tmp = out / f".linear.ckpt.tmp-{os.getpid()}"
+    torch.save({"state_dict": {k: v.cpu() for k, v in state.items()},
+                "hyper_parameters": {"backbone": name, "num_classes": n_cls, "phases": data.phases}}, tmp)
+    os.replace(tmp, out / "linear.ckpt")
+    (out / "linear.json").write_text(json.dumps(result, indent=1) + "\n")
+    shown = {k: round(v, 2) for k, v in result.items() if k.endswith("_acc")}
+    print(f"{result['mode']} {name}: {shown}; {result['selection']}; wrote {out / 'linear.json'}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "linear", help="linear probe (frozen backbone) or --finetune on labeled frames",
+        description="Frame-level phase classification on a prepared folder. The epoch kept is the best on "
+                    "the split's validation videos; test videos are scored once with it.")
+    p.add_argument("--data", required=True, help="prepared folder (with manifest.json)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", help="backbone checkpoint (any layout 'extract' reads)")
+    p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
+    p.add_argument("--finetune", action="store_true", help="train the backbone too")
+    p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80, else the dataset's first)")
+    p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (probe, Adam) / 1e-3 (finetune, SGD)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run)
+
+
+def _run(args: Any) -> int:
+    if args.lr is None:
+        args.lr = 1e-3
+    if args.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    return run_linear(args)

@@ -1,0 +1,123 @@
+"""``solo-surgical temporal``: train the MS-TCN over feature files, write predictions.
+
+Outputs in ``OUT``: ``temporal.pt`` (config + weights), ``history.json``,
+``predictions/<video>_pred.txt`` for the test videos (official format; at the frame indices of the
+``--gt`` files when given, else at the feature frames), ``gt/<video>-phase.txt`` (the labels of the
+feature frames, to evaluate against when no ``--gt``), and ``ribbons/<video>.png`` with ``--plots``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def hold_previous(source_frames: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Value of the last source frame <= each frame of ``at`` (an online system can only know the
+    past); frames before the first source frame take the first value."""
+    order = np.argsort(source_frames, kind="stable")
+    pos = np.searchsorted(source_frames[order], at, side="right") - 1
+    return values[order][np.clip(pos, 0, None)]
+
+
+def run_temporal(args: Any) -> int:
+    import torch
+
+    from ..data.registry import get_dataset
+    from .features import load_feature_dir
+    from .labels import pair_files, read_phase_file, write_phase_file
+    from .temporal import IGNORE, TCNConfig, VideoFeatures, predict, train_tcn
+
+    torch.set_num_threads(max(1, args.threads))
+    files, index = load_feature_dir(args.features)
+    phases = list(index["phases"])
+    spec = get_dataset(index["dataset"], phases=phases)
+    protocol = args.protocol or ("standard" if index["dataset"] == "cholec80" else spec.split_names[0])
+    parts = spec.split(protocol, sorted(files))
+
+    def seqs(names):
+        out = []
+        for v in names:
+            f = files[v]
+            targets = torch.where(f.labels >= 0, f.labels, torch.full_like(f.labels, IGNORE))
+            out.append(VideoFeatures(v, f.features, targets, f.frame_indices))
+        return out
+    train, val, test = seqs(parts.get("train", [])), seqs(parts.get("val", [])), seqs(parts.get("test", []))
+    if not train:
+        raise UserError(f"{args.features}: no training videos under protocol {protocol!r}")
+    cfg = TCNConfig(in_dim=train[0].features.shape[1], num_classes=len(phases), stages=args.stages,
+                    layers=args.layers, channels=args.channels, causal=not args.acausal, dropout=args.dropout)
+    model, history = train_tcn(cfg, train, val, args.epochs, args.lr, args.weight_decay,
+                               args.smooth_weight, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".temporal.pt.tmp-{os.getpid()}"
+    torch.save({"config": cfg.__dict__, "state_dict": model.state_dict(), "phases": phases,
+                "protocol": protocol, "smooth_weight": args.smooth_weight}, tmp)
+    os.replace(tmp, out / "temporal.pt")
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    gt_files = {}
+    if args.gt:
+        gt_files = {int(number): path for number, path, _ in pair_files(args.gt, args.gt)}
+    written = []
+    for video in test:
+        pred = predict(model, video.features).numpy()
+        frames = video.frames.numpy()
+        labeled = video.targets.numpy() != IGNORE
+        write_phase_file(out / "gt" / f"{video.video}-phase.txt", frames[labeled],
+                         [phases[i] for i in video.targets.numpy()[labeled]])
+        at = frames
+        if args.gt:
+            from .labels import video_number
+
+            key = int(video_number(video.video) or -1)
+            if key not in gt_files:
+                raise UserError(f"video {video.video}: no ground-truth file in {args.gt}")
+            at, _ = read_phase_file(gt_files[key])
+            pred = hold_previous(frames, pred, at)
+        write_phase_file(out / "predictions" / f"{video.video}_pred.txt", at, [phases[i] for i in pred])
+        written.append(video.video)
+        if args.plots:
+            from .plots import phase_ribbon
+
+            ribbon_gt = video.targets.numpy()
+            phase_ribbon(np.where(ribbon_gt == IGNORE, -1, ribbon_gt), hold_previous(frames, pred, frames)
+                         if args.gt else pred, phases, out / "ribbons" / f"{video.video}.png", title=video.video)
+    best = max((h.get("val_acc", -1) for h in history), default=-1)
+    print(f"trained on {len(train)} videos, selected on {len(val)} (best val frame acc {best:.2f}); "
+          f"wrote predictions for {len(written)} test videos to {out / 'predictions'}")
+    if written:
+        fps = index.get("fps") or 1
+        print(f"evaluate: solo-surgical evaluate --dataset {index['dataset']} --gt {args.gt or out / 'gt'} "
+              f"--pred {out / 'predictions'} --fps {25 if args.gt else fps:g} --protocol relaxed")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "temporal", help="train an MS-TCN / TeCNO temporal model on feature files and predict",
+        description="Multi-stage temporal convolutional network over per-video features (solo-surgical "
+                    "extract). Loss: cross-entropy + smooth-weight x truncated MSE (MS-TCN: 0.15; the "
+                    "authors' single-stage causal TCN: 1.0). Model selection on validation videos.")
+    p.add_argument("--features", required=True, help="folder written by 'solo-surgical extract'")
+    p.add_argument("--out", required=True)
+    p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80)")
+    p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--layers", type=int, default=9)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--acausal", action="store_true", help="offline model (default: causal, online)")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--smooth-weight", type=float, default=0.15)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gt", help="ground-truth label files: write predictions at their frame indices")
+    p.add_argument("--plots", action="store_true", help="phase ribbons of the test videos")
+    p.set_defaults(func=run_temporal)
