@@ -1,0 +1,235 @@
+"""Converting a published checkpoint into a teacher init: a torchvision-layout backbone state dict.
+
+A teacher init is written as two files:
+
+* ``FILE``: ``torch.save`` of the plain backbone state dict (torchvision key names, no ``fc``),
+  so :func:`solo_surgical.checkpoints.extract_backbone_state` and any other tool read it
+  as a torchvision file;
+* ``FILE.json``: where it came from (``source``, ``source_sha256``, ``source_layout``, ``url``,
+  ``licence``), ``arch``, ``mean``/``std``, the keys dropped and the SHA-256 of ``FILE``; the
+  key names match the ``meta`` of a teacher checkpoint so the teacher stage can copy them.
+
+Every conversion is proven by a strict load into :func:`solo_surgical.backbones.build_backbone`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..checkpoints import CheckpointError, extract_backbone_state, infer_resnet_arch, load_backbone_state
+from ..errors import UserError
+from .manifest import ZooSource
+
+TEACHER_INIT_FORMAT = "solo-surgical-teacher-init"
+# Prefixes a backbone key may carry in a published container, most specific first.
+_PREFIXES = ("module.encoder_q.", "encoder_q.", "backbone.", "module.", "")
+
+
+@dataclass
+class Conversion:
+    """A backbone state dict in torchvision layout, proven to load into ``build_backbone(arch)``."""
+
+    state: dict[str, Any]
+    arch: str
+    layout: str  # layout of the source, e.g. "mocov2"
+    dropped: list[str]  # source keys that were discarded (heads, momentum encoder, queue)
+    filled: list[str]  # BatchNorm counters added because the source predates them
+
+
+def _container(obj: Any, layout: str) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping) and layout == "solo-surgical-teacher":
+        return obj["backbone"]["state_dict"]
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return obj["state_dict"]
+    return obj
+
+
+def _prefix(container: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    for prefix in _PREFIXES:
+        if all(prefix + k in container for k in state):
+            return prefix
+    return ""
+
+
+def load_public(path: str | Path) -> Any:
+    """Load a downloaded public checkpoint without running its pickled code.
+
+    ``weights_only=True`` admits tensors, containers and numbers only, which is all the published
+    files (torchvision, MoCo v2 with its optimiser state, DINO) hold; anything else in a file
+    fetched from the internet is refused rather than executed. Our own Lightning checkpoints
+    need full unpickling and go through :func:`solo_surgical.checkpoints.load_file` instead.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path}: holds Python objects besides tensors; refusing to unpickle a "
+                                  f"downloaded file (convert a copy you trust with `zoo convert FILE`)") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (UnpicklingError: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+    except Exception as exc:  # truncated zip, garbage, ...
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+
+
+def fill_batchnorm_counters(state: dict[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """Add ``num_batches_tracked`` (0) where a BatchNorm has statistics but no counter.
+
+    Files saved before PyTorch 0.4.1 have no counter; BatchNorm itself fills it with 0 when it
+    loads such a file (``_load_from_state_dict``, version < 2). Our loader is strict on key sets,
+    so the gap is closed here instead. The counter only matters when ``momentum=None``.
+    """
+    import torch
+
+    filled = []
+    for key in expected:
+        stem = key[: -len("num_batches_tracked")]
+        if key.endswith(".num_batches_tracked") and key not in state and stem + "running_mean" in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+            filled.append(key)
+    return filled
+
+
+def convert_object(obj: Any, source: Optional[ZooSource] = None, where: str | Path = "<memory>",
+                   arch: Optional[str] = None) -> Conversion:
+    """Convert a loaded checkpoint object; with ``source``, check it against the manifest entry.
+
+    Checked against ``source``: the detected layout, the prefix and container of the key mapping,
+    that every discarded key matches a documented ``drop`` pattern, and the architecture.
+    """
+    from ..backbones import build_backbone
+
+    state, layout = extract_backbone_state(obj, where)
+    container = _container(obj, layout)
+    prefix = _prefix(container, state)
+    dropped = sorted(set(container) - {prefix + k for k in state})
+    if source is not None:
+        mapping = source.key_mapping
+        expected_layout = "torchvision" if source.layout == "timm" else source.layout
+        if layout != expected_layout:
+            raise CheckpointError(f"{where}: keys are in {layout} layout, but {source.name} is published "
+                                  f"in {expected_layout} layout (wrong file?)")
+        if prefix != mapping.strip_prefix:
+            raise CheckpointError(f"{where}: backbone keys carry prefix {prefix!r}, the manifest says "
+                                  f"{mapping.strip_prefix!r} for {source.name}")
+        undocumented = [k for k in dropped if not mapping.is_documented_drop(k)]
+        if undocumented:
+            raise CheckpointError(f"{where}: converting as {source.name} would drop {len(undocumented)} keys the "
+                                  f"manifest does not list ({', '.join(undocumented[:5])})")
+    inferred = infer_resnet_arch(state)
+    wanted = arch or (source.arch if source is not None else None)
+    if wanted and inferred and wanted != inferred:
+        raise CheckpointError(f"{where}: holds a {inferred}, expected {wanted}")
+    arch = wanted or inferred
+    if arch is None:
+        first = ", ".join(list(state)[:3])
+        raise CheckpointError(f"{where}: not a torchvision ResNet layout (first keys: {first}); "
+                              f"give the architecture with --arch")
+    try:
+        model, _ = build_backbone(arch)
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: {exc.args[0]}") from None
+    state = dict(state)
+    filled = fill_batchnorm_counters(state, model.state_dict())
+    load_backbone_state(model, state, where)
+    return Conversion(state=state, arch=arch, layout=layout, dropped=dropped, filled=filled)
+
+
+def load_timm(source: ZooSource, file: str | Path | None = None) -> tuple[Conversion, ZooSource, dict[str, Any]]:
+    """Build ``timm:<model>`` with its pretrained weights (or ``file``) and convert its keys.
+
+    Returns the conversion, the source with timm's own mean/std, and extra metadata.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"{source.name}: timm is not installed; `pip install timm` to use timm models") from None
+    overlay = {"pretrained_cfg_overlay": {"file": str(file)}} if file else {}
+    try:
+        model = timm.create_model(source.timm_model, pretrained=True, **overlay)
+    except Exception as exc:  # unknown model, no network, bad file: timm raises many types
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UserError(f"{source.name}: timm could not load it ({detail}); offline, download the weights "
+                        f"and pass --file PATH") from None
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    mean, std = tuple(cfg.get("mean", source.mean)), tuple(cfg.get("std", source.std))
+    source = dataclasses.replace(source, mean=mean, std=std)
+    conversion = convert_object(model.state_dict(), source=source, where=source.name)
+    extra = {"timm_version": getattr(timm, "__version__", None), "hf_hub_id": cfg.get("hf_hub_id"),
+             "timm_file": str(file) if file else None}
+    return conversion, source, extra
+
+
+def serialise(obj: Any) -> bytes:
+    """``torch.save`` to memory: the bytes (hence the hash) do not depend on the file name,
+    which torch would otherwise embed as the archive's folder name."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_teacher_init(conversion: Conversion, out: str | Path, meta: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``out`` (plain state dict) and ``out.json`` (metadata); both atomically."""
+    from .. import __version__
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = serialise(conversion.state)
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    sidecar = Path(f"{out}.json")
+    record = {
+        "format": TEACHER_INIT_FORMAT, "sha256": digest, "arch": conversion.arch, "layout": "torchvision",
+        "num_tensors": len(conversion.state), "source_layout": conversion.layout,
+        "dropped_keys": conversion.dropped, "filled_keys": conversion.filled, **meta,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "solo_surgical_version": __version__,
+    }
+    tmp_json = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
+    tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_json, sidecar)
+    return out, sidecar
+
+
+def source_meta(source: Optional[ZooSource], source_file: Optional[Path], source_sha256: Optional[str],
+                checked: list[str]) -> dict[str, Any]:
+    """The provenance part of a teacher init's metadata."""
+    from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    return {
+        "source": source.name if source else str(source_file),
+        "source_file": str(source_file) if source_file else None,
+        "source_sha256": source_sha256,
+        "source_hash_checked": checked,
+        "url": source.url if source else None,
+        "licence": source.licence if source else None,
+        "mean": list(source.mean if source else IMAGENET_MEAN),
+        "std": list(source.std if source else IMAGENET_STD),
+        # A bare file says nothing about its normalisation; ImageNet's is the common case.
+        "mean_std_from": ("timm pretrained_cfg" if source.timm_model else "manifest") if source
+        else "assumed ImageNet (file not in the manifest)",
+    }
+
