@@ -106,6 +106,12 @@ def load_backbone_state(model: nn.Module, state: Mapping[str, Tensor], source: s
     ``teacher.pth: 2 missing keys (layer4.1.bn2.weight, ...); 1 unexpected key (head.weight)``.
     """
     expected = model.state_dict()
+    # Checkpoints saved before PyTorch 0.4.1 (torchvision's original ResNet files among them)
+    # have no BatchNorm `num_batches_tracked`; PyTorch itself fills it with 0 in that case.
+    state = dict(state)
+    for key in set(expected) - set(state):
+        if key.endswith(".num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.long)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(

@@ -14,7 +14,9 @@ from typing import Sequence
 
 # Order here is the order in `solo-surgical --help`.
 SUBCOMMAND_MODULES = [
+    "solo_surgical.data.commands",  # prepare, synth, export-solo-learn
     "solo_surgical.train.commands",  # methods, pretrain, teacher, demo
+    "solo_surgical.evaluation.commands",  # extract, linear, temporal, evaluate
     "solo_surgical.zoo.commands",  # zoo list|fetch|verify|convert, export
 ]
 

@@ -143,3 +143,13 @@ def test_teacher_stage_frozen_and_recompute(tmp_path, image_dir):
     # the projector trained, and the exported teacher reproduces it
     teacher = load_teacher(tmp_path / "frozen" / "teacher.pth")
     assert teacher.out_dim == 16 and teacher.meta["bn"] == "frozen"
+
+
+def test_pre_041_checkpoint_without_batchnorm_counters(tmp_path, resnet18_state):
+    # torchvision's original ResNet files predate BatchNorm's num_batches_tracked buffer
+    old = {k: v for k, v in resnet18_state.items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(resnet18_state)
+    torch.save(old, tmp_path / "resnet18-old.pth")
+    module, arch, _ = load_public_backbone(str(tmp_path / "resnet18-old.pth"))
+    assert arch == "resnet18"
+    assert torch.equal(module.state_dict()["layer1.0.bn1.running_var"], resnet18_state["layer1.0.bn1.running_var"])
