@@ -101,7 +101,7 @@ def run_linear(args: Any) -> int:
     train_tf = test_tf if not args.finetune else T.Compose([
         T.RandomResizedCrop(args.image_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    train_set = LabeledFrames(data, "train", protocol, budget, args.seed, train_tf)
+    train_set = LabeledFrames(data, "train", protocol, budget, args.budget_seed, train_tf)
     has_val = bool(data.part("val", protocol))
     val_set = LabeledFrames(data, "val", protocol, transform=test_tf) if has_val else None
     test_set = LabeledFrames(data, "test", protocol, transform=test_tf) if data.part("test", protocol) else None
@@ -192,6 +192,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-seed", type=int, default=0, help="seed of the video subset (default 0)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")

@@ -47,7 +47,11 @@ def run_temporal(args: Any) -> int:
             targets = torch.where(f.labels >= 0, f.labels, torch.full_like(f.labels, IGNORE))
             out.append(VideoFeatures(v, f.features, targets, f.frame_indices))
         return out
-    train, val, test = seqs(parts.get("train", [])), seqs(parts.get("val", [])), seqs(parts.get("test", []))
+    from ..data.datasets import parse_budget, select_videos
+
+    # a budget keeps whole training videos, chosen as every other stage chooses them
+    train_names = select_videos(parts.get("train", []), parse_budget(args.budget), args.budget_seed)
+    train, val, test = seqs(train_names), seqs(parts.get("val", [])), seqs(parts.get("test", []))
     if not train:
         raise UserError(f"{args.features}: no training videos under protocol {protocol!r}")
     cfg = TCNConfig(in_dim=train[0].features.shape[1], num_classes=len(phases), stages=args.stages,
@@ -117,6 +121,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
+    p.add_argument("--budget-seed", type=int, default=0, help="seed of the video subset (default 0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gt", help="ground-truth label files: write predictions at their frame indices")
     p.add_argument("--plots", action="store_true", help="phase ribbons of the test videos")

@@ -94,7 +94,15 @@ def train_loader(cfg: DictConfig, run_dir: Path) -> DataLoader:
     if root is None:
         root = generate_images(run_dir / "generated_images", int(cfg.data.generated_count),
                                int(cfg.data.generated_size), int(cfg.run.seed))
-    dataset = ImageFolderDataset(root, transform=method_transform(str(cfg.method.name), cfg))
+    transform = method_transform(str(cfg.method.name), cfg)
+    if (Path(str(root)) / "manifest.json").is_file():
+        # prepared surgical videos: only the split's training videos (a budget picks whole videos)
+        from ..data.datasets import UnlabeledFrames, parse_budget
+
+        budget = None if cfg.data.budget is None else parse_budget(str(cfg.data.budget))
+        dataset = UnlabeledFrames(str(root), "train", cfg.data.protocol, budget, int(cfg.data.budget_seed), transform)
+    else:
+        dataset = ImageFolderDataset(root, transform=transform)
     if len(dataset) < int(cfg.data.batch_size):
         raise UserError(f"{root}: {len(dataset)} images, fewer than data.batch_size={cfg.data.batch_size}")
     workers = int(cfg.data.num_workers)
