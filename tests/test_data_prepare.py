@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import (BOX, SIZE, cholec80_video, corrupt, decode_index, env, phase_labels,  # noqa: E402
+from data_fixtures import (BOX, cholec80_video, corrupt, decode_index, env,  # noqa: E402
                            truncate, write_phase_file, write_video)
 
 from solo_surgical.cli import main  # noqa: E402

@@ -6,7 +6,7 @@ updates its memory. It never touches the host's own loss, optimiser or queue.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch

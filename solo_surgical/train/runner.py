@@ -120,6 +120,17 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[str]:
     return str(path)
 
 
+def _quiet_lightning() -> None:
+    """Silence Lightning chatter that says nothing about this run (tips, device banners) and the
+    warning about modules in eval mode, which the frozen teacher / backbone are on purpose."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer:
     """Train ``model`` with the run folder layout::
 
@@ -128,6 +139,7 @@ def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer
         RUN_DIR/logs/version_N/metrics.csv   CSV log (one version per launch, resumes included)
         RUN_DIR/tensorboard/version_N/       TensorBoard log
     """
+    _quiet_lightning()
     pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg, run_dir)

@@ -126,7 +126,21 @@ class SSLMethod(pl.LightningModule):
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, momentum) module pairs updated by EMA after every step."""
-        return []
+        if not hasattr(self, "projector_momentum"):
+            return []
+        pairs = [(self.projector, self.projector_momentum)]
+        if self.backbone_momentum is not self.backbone:  # a frozen (teacher-stage) backbone is shared
+            pairs.append((self.backbone, self.backbone_momentum))
+        return pairs
+
+    def build_momentum_branch(self) -> None:
+        """EMA key encoder: copies of backbone and projector (MoCo, BYOL)."""
+        self.backbone_momentum = self.momentum_copy(self.backbone)
+        self.projector_momentum = self.momentum_copy(self.projector)
+
+    @torch.no_grad()
+    def momentum_forward(self, x: Tensor) -> Tensor:
+        return self.projector_momentum(self.backbone_momentum(x))
 
     def momentum_copy(self, module: nn.Module) -> nn.Module:
         """A frozen EMA copy of ``module``; a frozen backbone is shared, not copied."""

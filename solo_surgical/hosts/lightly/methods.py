@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead, SimCLRProjectionHead
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, MoCoV2Transform, SimCLRTransform
@@ -70,20 +69,9 @@ class MoCoV2Plus(SSLMethod):
         hp = self.hp
         self.projector = MoCoProjectionHead(self.feature_dim, hp.proj_hidden_dim, hp.proj_output_dim,
                                             batch_norm=hp.projector_batch_norm)
-        self.backbone_momentum = self.momentum_copy(self.backbone)
-        self.projector_momentum = self.momentum_copy(self.projector)
+        self.build_momentum_branch()
         self.criterion = NTXentLoss(temperature=hp.temperature, gather_distributed=True,
                                     memory_bank_size=(hp.queue_size, hp.proj_output_dim))
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs = [(self.projector, self.projector_momentum)]
-        if self.backbone_momentum is not self.backbone:
-            pairs.append((self.backbone, self.backbone_momentum))
-        return pairs
-
-    @torch.no_grad()
-    def momentum_forward(self, x: Tensor) -> Tensor:
-        return self.projector_momentum(self.backbone_momentum(x))
 
     def ssl_step(self, view1: Tensor, view2: Tensor) -> SSLOutput:
         q1, q2 = self.projector(self.backbone(view1)), self.projector(self.backbone(view2))
@@ -131,19 +119,8 @@ class BYOL(SSLMethod):
         hp = self.hp
         self.projector = BYOLProjectionHead(self.feature_dim, hp.proj_hidden_dim, hp.proj_output_dim)
         self.predictor = BYOLPredictionHead(hp.proj_output_dim, hp.pred_hidden_dim, hp.proj_output_dim)
-        self.backbone_momentum = self.momentum_copy(self.backbone)
-        self.projector_momentum = self.momentum_copy(self.projector)
+        self.build_momentum_branch()
         self.criterion = NegativeCosineSimilarity()
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs = [(self.projector, self.projector_momentum)]
-        if self.backbone_momentum is not self.backbone:
-            pairs.append((self.backbone, self.backbone_momentum))
-        return pairs
-
-    @torch.no_grad()
-    def momentum_forward(self, x: Tensor) -> Tensor:
-        return self.projector_momentum(self.backbone_momentum(x))
 
     def ssl_step(self, view1: Tensor, view2: Tensor) -> SSLOutput:
         p1 = self.predictor(self.projector(self.backbone(view1)))
