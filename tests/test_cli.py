@@ -108,3 +108,8 @@ def test_ddp_two_processes_via_cli(tmp_path, image_dir, teacher_ckpt):
     assert ckpt["global_step"] == 2
     assert int(ckpt["state_dict"]["distill.memory.filled"]) == 32
     assert int(ckpt["state_dict"]["distill.memory.pointer"]) == 32 % 48
+
+
+def test_unknown_weight_preset(capsys, tmp_path, image_dir, teacher_ckpt):
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir, f"distill.teacher={teacher_ckpt}", "distill.preset=paper"))
+    assert code == 2 and "unknown distill.preset 'paper'" in _error_line(err)

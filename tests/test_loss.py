@@ -106,3 +106,17 @@ def test_mismatched_memories_are_refused():
     q = torch.randn(3, 4)
     with pytest.raises(ValueError, match="memory"):
         relational_kl(q, q, torch.randn(5, 4), q, q, torch.randn(4, 4))
+
+
+def test_weighting_presets():
+    from solo_surgical.distill import DistillConfig, WEIGHT_PRESETS
+
+    authors = DistillConfig(preset="authors")
+    # the released code computes `loss += loss + 5 * kd`: 2 x SSL + 5 x KL
+    ssl, kd = 0.7, 0.3
+    loss = ssl
+    loss += loss + 5 * kd
+    assert authors.ssl_weight * ssl + authors.weight * kd == pytest.approx(loss)
+    assert (DistillConfig().ssl_weight, DistillConfig().weight) == WEIGHT_PRESETS["default"]
+    with pytest.raises(ValueError, match="unknown distill.preset"):
+        DistillConfig(preset="paper-ish")

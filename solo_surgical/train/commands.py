@@ -20,7 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
 
 
-
 def cmd_methods(args: argparse.Namespace) -> int:
     from ..methods import method_names, resolve_method
 
@@ -32,34 +31,33 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compose(name: str, overrides):
+def _compose_or_print(name: str, args: argparse.Namespace):
+    """The composed config, or None after printing it for ``--cfg``."""
     from omegaconf import OmegaConf
 
     from .config import compose
 
-    cfg = compose(name, overrides)
-    return cfg, OmegaConf
+    cfg = compose(name, args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return None
+    return cfg
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    cfg, OmegaConf = _compose("pretrain", args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    from .runner import run_pretrain
+    cfg = _compose_or_print("pretrain", args)
+    if cfg is not None:
+        from .runner import run_pretrain
 
-    run_dir = run_pretrain(cfg)
-    print(f"run folder: {run_dir}  (checkpoints/last.ckpt, config.yaml, logs/version_N/metrics.csv, tensorboard/)")
+        run_dir = run_pretrain(cfg)
+        print(f"run folder: {run_dir}  (checkpoints/last.ckpt, config.yaml, logs/version_N/metrics.csv, tensorboard/)")
     return 0
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    cfg, OmegaConf = _compose("teacher", args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    from .runner import run_teacher_stage
+    cfg = _compose_or_print("teacher", args)
+    if cfg is not None:
+        from .runner import run_teacher_stage
 
-    out = run_teacher_stage(cfg)
-    print(f"teacher checkpoint: {out}")
+        print(f"teacher checkpoint: {run_teacher_stage(cfg)}")
     return 0

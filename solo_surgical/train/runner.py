@@ -78,7 +78,10 @@ def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
         max_epochs=int(cfg.trainer.max_epochs), batch_size=global_batch_size(cfg),
     )
     if resolved.distilled:
-        dcfg = DistillConfig(**OmegaConf.to_container(cfg.distill, resolve=True))
+        try:
+            dcfg = DistillConfig(**OmegaConf.to_container(cfg.distill, resolve=True))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"distill: {exc}") from None
         require(cfg, "distill.teacher", f"{resolved.name} distils from a teacher checkpoint "
                                         f"(make one with `solo-surgical teacher`)")
         if 0 < dcfg.memory_size < global_batch_size(cfg):
