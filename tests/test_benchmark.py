@@ -86,3 +86,20 @@ def test_interrupted_cell_restarts_and_broken_cell_is_reported(demo, tmp_path, c
     assert "no-such-teacher.pth" in (bench / "table.md").read_text()
     doc = json.loads((bench / "results.json").read_text())
     assert list(doc["failures"]) == ["mocov2plus-distill-b1.0-s0"] and len(doc["cells"]) == 1
+
+
+def test_plan_and_overrides():
+    from omegaconf import OmegaConf
+
+    from solo_surgical.benchmark.run import as_overrides, plan_cells
+
+    cfg = OmegaConf.create({"teacher": {"sources": ["generic", "/x/resnet50-0676ba61.pth"]}, "budgets": [1.0, 0.25],
+                            "methods": ["byol"], "seeds": [0, 1], "variants": ["plain", "distill"]})
+    cells = plan_cells(cfg)
+    # per budget and seed: one plain cell and one distilled cell per teacher source
+    assert len(cells) == 2 * 2 * (1 + 2)
+    assert {c.variant for c in cells} == {"plain", "distill@generic", "distill@resnet50_0676ba61"}
+    assert len({c.name for c in cells}) == len(cells)
+    assert as_overrides(OmegaConf.create({"trainer": {"max_epochs": 3}, "data": {"mean": [0.5, 0.4]},
+                                          "backbone": {"init": None}})) == \
+        ["trainer.max_epochs=3", "data.mean=[0.5,0.4]", "backbone.init=null"]

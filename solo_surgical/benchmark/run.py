@@ -71,7 +71,7 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
 
 def as_overrides(node: Any, prefix: str = "") -> list[str]:
     """Nested config values -> Hydra ``key=value`` overrides (``{trainer: {max_epochs: 3}}`` -> trainer.max_epochs=3)."""
-    if node is None:
+    if node is None and not prefix:
         return []
     if OmegaConf.is_config(node):
         node = OmegaConf.to_container(node, resolve=True)
