@@ -245,3 +245,56 @@ def test_annotation_parsing_errors(tmp_path):
     path.write_text("Frame Phase\n0 Preparation\n10 ClippingCutting\n20 ClippingCutting\n")
     labels = read_phases(path, CHOLEC80_PHASES)
     assert [labels.at(f) for f in (0, 9, 10, 20, 21)] == [0, 0, 2, 2, None]
+
+
+def _write_bframe_video(path: Path, frames: int, gop: int, x264_params: str) -> Path:
+    """Like data_fixtures.write_video but with B-frames (non-reference frames the planned decoder
+    skips) and a chosen GOP structure; the fixture's ultrafast preset has no B-frames."""
+    import av
+
+    from data_fixtures import SIZE, frame_image
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"crf": "8", "preset": "veryfast", "x264-params": x264_params}
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("gop,params", [
+    (1, "bframes=0"),  # every frame a keyframe: only wanted frames are decoded
+    (25, "bframes=3:b-pyramid=normal"),  # keyframe every second, B-pyramid (some Bs are references)
+    (12, "bframes=2:b-pyramid=none"),  # shorter than the 1 s sampling step: whole GOPs skipped
+    (40, "bframes=3:open-gop=1:scenecut=0"),  # open GOPs: leading Bs reference the previous GOP
+    (250, "bframes=3"),  # long GOP: sequential decode with non-reference frames skipped
+])
+@pytest.mark.parametrize("fps", ["1", "2", "0.5", "25"])
+def test_planned_decode_matches_sequential(tmp_path, monkeypatch, gop, params, fps):
+    import solo_surgical.data.video as video
+    from solo_surgical.data.video import _plan, select_frames
+
+    path = _write_bframe_video(tmp_path / "v.mp4", 150, gop, params)
+    assert _plan(path, Fraction(fps)) is not None  # the fast path is really taken
+    got, decoded = {}, {}
+    for mode in ("auto", "sequential"):
+        stats: dict = {}
+        with monkeypatch.context() as m:
+            if mode == "auto":  # the planned path must not fall back to sequential decoding
+                m.setattr(video, "_select_sequential", None)
+            got[mode] = [(s.k, s.source, s.time, s.frame.to_ndarray(format="rgb24"))
+                         for s in select_frames(path, Fraction(fps), stats, mode=mode)]
+        decoded[mode] = stats["decoded"]
+        if mode == "auto" and gop <= 25 and fps in ("1", "0.5"):
+            assert stats["fed"] < 150 / 2  # whole stretches of packets were never decoded
+    auto, seq = got["auto"], got["sequential"]
+    assert decoded["auto"] == decoded["sequential"] == 150
+    assert [a[:3] for a in auto] == [s[:3] for s in seq]
+    assert [s[1] for s in seq] == expected_sources(150, 25, Fraction(fps))
+    for a, s in zip(auto, seq):
+        assert np.array_equal(a[3], s[3]), (a[0], a[1])

@@ -10,6 +10,12 @@ rounding, never more than one source frame). Outputs run while such a frame exis
 constant-rate video of ``N`` frames at native rate ``R`` (a multiple of ``fps``) gives
 ``ceil(N * fps / R)`` outputs with source indices ``k * R / fps`` -- at 25 fps and ``--fps 1``:
 0, 25, 50, ...  In general the source index is ``ceil(k * R / fps - 1/4)``.
+
+How frames are decoded does not change which are selected: :func:`select_frames` first applies
+the rule to the packets' timestamps (a demux pass, no decoding), then decodes only what the
+selected frames need -- no GOP without a selected frame, no frames after a GOP's last selected
+one, no unselected non-reference frames -- and checks that the decoder returns exactly the
+planned frames, falling back to decoding every frame when it does not.
 """
 from __future__ import annotations
 
@@ -80,7 +86,9 @@ def content_box(frames: list[np.ndarray]) -> tuple[int, int, int, int]:
     """
     h, w = frames[0].shape[:2]
     full = (0, 0, w, h)
-    bright = np.stack([f.max(axis=2) > CONTENT_THRESHOLD for f in frames])
+    # Brightest channel by two elementwise maxima: the same values as f.max(axis=2), ~15x faster
+    # (numpy reduces a length-3 last axis slowly), and this runs on full-size frames.
+    bright = np.stack([np.maximum(np.maximum(f[..., 0], f[..., 1]), f[..., 2]) > CONTENT_THRESHOLD for f in frames])
     votes = bright.sum(axis=0)
     mask = votes >= max(1, math.ceil(len(frames) / 4))
     rows = np.flatnonzero(mask.sum(axis=1) >= max(2, int(0.005 * w)))
@@ -148,14 +156,30 @@ class Selected:
     frame: object  # av.VideoFrame
 
 
-def select_frames(path: Path, fps: Fraction, stats: dict | None = None) -> Iterator[Selected]:
-    """Decode ``path`` sequentially and yield the output frames of the selection rule.
+def select_frames(path: Path, fps: Fraction, stats: dict | None = None, mode: str = "auto") -> Iterator[Selected]:
+    """Decode ``path`` and yield the output frames of the selection rule (module docstring).
 
     Only selected frames are ever converted out of the decoder's pixel format. Raises
     :class:`VideoError` for decode errors, no frames, a target rate above the native rate, or
     fewer frames than the container declares (truncated file). ``stats``, when given, receives
     ``info`` (:class:`VideoInfo`) at the start and ``decoded`` (source frame count) at the end.
+
+    ``mode="auto"`` plans the selection from the packet timestamps first and then decodes only
+    what the selected frames need (:func:`_select_planned`); streams it cannot plan exactly
+    (missing timestamps, discarded packets, a short or unreadable packet list) take the
+    ``"sequential"`` path, which decodes every frame and is the reference implementation.
     """
+    if mode not in ("auto", "sequential"):
+        raise ValueError(f"mode must be 'auto' or 'sequential', not {mode!r}")
+    plan = _plan(path, fps) if mode == "auto" else None
+    if plan is None:
+        yield from _select_sequential(path, fps, stats)
+    else:
+        yield from _select_planned(path, fps, plan, stats)
+
+
+def _select_sequential(path: Path, fps: Fraction, stats: dict | None = None, start_k: int = 0) -> Iterator[Selected]:
+    """Every frame decoded in order; outputs ``k < start_k`` (already given out) are not yielded."""
     import av
 
     container, stream = open_video(path)
@@ -181,7 +205,8 @@ def select_frames(path: Path, fps: Fraction, stats: dict | None = None) -> Itera
                 first_pts = frame.pts if first_pts is None else first_pts
                 t = (frame.pts - first_pts) * time_base
             while Fraction(next_k) / fps - tol <= t:
-                yield Selected(next_k, index, float(t), frame)
+                if next_k >= start_k:
+                    yield Selected(next_k, index, float(t), frame)
                 next_k += 1
     except av.error.FFmpegError as exc:
         of = f" of {meta.declared_frames}" if meta.declared_frames else ""
@@ -194,3 +219,147 @@ def select_frames(path: Path, fps: Fraction, stats: dict | None = None) -> Itera
         raise VideoError("no decodable video frames (empty or corrupt stream)")
     if meta.declared_frames and decoded < meta.declared_frames:
         raise VideoError(f"truncated: decoded {decoded} of the {meta.declared_frames} frames the header declares")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The selection worked out from packet timestamps alone (no decoding)."""
+
+    meta: VideoInfo
+    frames: int  # source frames (= packets) in the stream
+    wanted: dict[int, list[tuple[int, int, float]]]  # pts -> [(k, source index, seconds), ...]
+    feed: list[bool]  # per packet in decode order: send it to the decoder at all?
+
+
+def _plan(path: Path, fps: Fraction) -> _Plan | None:
+    """Apply the selection rule to the packets' timestamps and decide which packets to decode.
+
+    Returns None when the plan could differ from what sequential decoding sees (the caller then
+    decodes sequentially, which also produces the proper error messages): a packet without a
+    timestamp, one the demuxer marks as discarded (edit lists), duplicate timestamps, a stream not
+    starting on a keyframe or with frames shown before it, a demux error, or fewer packets than
+    the header declares.
+
+    A source frame's index is the rank of its packet's pts: one packet per frame, and the decoder
+    returns frames in pts order. Which packets must be decoded, in decode order, split at
+    keyframes into segments: a segment is decoded from its keyframe up to its last wanted packet
+    (later packets only serve frames we do not keep); a segment with nothing wanted is not decoded
+    at all -- unless the next segment's keyframe opens an open GOP whose leading frames (pts below
+    the keyframe's) are wanted, since those may reference this segment, which is then decoded whole.
+    """
+    import av
+
+    container, stream = open_video(path)
+    try:
+        meta = info(stream)
+        if stream.time_base is None or (meta.fps and fps > meta.fps):
+            return None  # the sequential path raises the rate error with its message
+        # Read before close(): the stream's fields live in memory that close() frees.
+        time_base = Fraction(stream.time_base)
+        pts: list[int] = []
+        key: list[bool] = []
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream marker, not a frame
+                continue
+            if packet.pts is None or packet.is_discard:
+                return None
+            pts.append(int(packet.pts))
+            key.append(bool(packet.is_keyframe))
+    except av.error.FFmpegError:
+        return None
+    finally:
+        container.close()
+    if not pts or not key[0] or (meta.declared_frames and len(pts) < meta.declared_frames):
+        return None
+    order = sorted(pts)
+    # Frames shown before the first keyframe (leading frames of an open GOP at the start of a cut)
+    # lack their references; the decoder may drop them, which would shift every index.
+    if len(set(order)) != len(order) or order[0] != pts[0]:
+        return None
+    tol = Fraction(1, 4) / meta.fps if meta.fps else Fraction(0)
+    wanted: dict[int, list[tuple[int, int, float]]] = {}
+    k = 0
+    threshold = -tol  # time from which output k may take a frame: k / fps - tol
+    for index, p in enumerate(order):
+        t = (p - order[0]) * time_base
+        while threshold <= t:
+            wanted.setdefault(p, []).append((k, index, float(t)))
+            k += 1
+            threshold = Fraction(k) / fps - tol
+    starts = [i for i, is_key in enumerate(key) if is_key] + [len(pts)]
+    feed = [False] * len(pts)
+    for s in range(len(starts) - 1):
+        lo, hi = starts[s], starts[s + 1]
+        last = max((i for i in range(lo, hi) if pts[i] in wanted), default=lo - 1)
+        if hi < len(pts) and any(pts[i] in wanted and pts[i] < pts[hi] for i in range(hi, starts[s + 2])):
+            last = hi - 1  # wanted leading frames of the next (open) GOP may reference all of this one
+        for i in range(lo, last + 1):
+            feed[i] = True
+    return _Plan(meta, len(pts), wanted, feed)
+
+
+def _select_planned(path: Path, fps: Fraction, plan: _Plan, stats: dict | None) -> Iterator[Selected]:
+    """Decode only the packets ``plan.feed`` marks, and of those skip the non-reference frames
+    that are not wanted (``skip_frame`` set per packet): nothing else depends on them, and in
+    x264-style streams with B-frames they are about half of all frames. The decoder hands
+    frames back by pts; each wanted one must come in order, else the plan did not match this
+    stream and the rest is taken from sequential decoding (from the next output on)."""
+    import av
+
+    if stats is not None:
+        stats["info"] = plan.meta
+    container, stream = open_video(path)
+    ctx = stream.codec_context
+    # Slice threads only: skip_frame is read when a packet is decoded, which frame threading
+    # would delay to another thread's copy of the settings.
+    ctx.thread_type = "SLICE"
+    fed = 0
+
+    def decoded() -> Iterator["av.VideoFrame"]:
+        nonlocal fed
+        position = 0
+        gap = False
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            position += 1
+            if position > len(plan.feed) or not plan.feed[position - 1]:
+                gap = True
+                continue
+            if gap:
+                # Restart at this keyframe as a seek would: drain the frames held for reordering,
+                # then reset. Without the reset the H.264 decoder sees missing frames before a
+                # non-IDR keyframe (open GOP) and withholds everything up to the next IDR.
+                ctx.skip_frame = "DEFAULT"
+                yield from ctx.decode(None)
+                ctx.flush_buffers()
+                gap = False
+            fed += 1
+            ctx.skip_frame = "DEFAULT" if packet.pts in plan.wanted else "NONREF"
+            yield from ctx.decode(packet)
+        ctx.skip_frame = "DEFAULT"
+        yield from ctx.decode(None)  # drain the frames held back for reordering
+
+    next_k = 0
+    in_order = True
+    try:
+        for frame in decoded():
+            for k, source, t in plan.wanted.get(frame.pts, ()):
+                in_order = k == next_k
+                if not in_order:
+                    break
+                yield Selected(k, source, t, frame)
+                next_k += 1
+            if not in_order:
+                break
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"truncated or corrupt: decoding failed near frame {fed} of {plan.frames} "
+                         f"({_short(exc)})") from None
+    finally:
+        container.close()
+    if not in_order or next_k < sum(len(v) for v in plan.wanted.values()):
+        yield from _select_sequential(path, fps, stats, start_k=next_k)
+        return
+    if stats is not None:
+        stats["decoded"] = plan.frames
+        stats["fed"] = fed  # packets sent to the decoder (the rest were never decoded)
