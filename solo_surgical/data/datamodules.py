@@ -57,7 +57,26 @@ class SSLDataModule(_Base):
         return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last and len(self.train_set) > self.batch_size)
 
 
-class PhaseDataModule(_Base):
+class _PartsModule(_Base):
+    """Loaders over ``self.sets`` (part name -> dataset), filled by the subclass's ``setup``."""
+
+    sets: dict
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.sets["train"], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        # an empty list makes Lightning skip validation rather than select on test videos
+        return self._loader(self.sets["val"], shuffle=False) if "val" in self.sets else []
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.sets["test"], shuffle=False)
+
+
+class PhaseDataModule(_PartsModule):
     """Labeled frames for linear evaluation: ``train`` (budgeted), ``val`` and ``test`` parts.
 
     When the protocol has no validation videos (cholec80 ``paper``) there is no validation
@@ -80,21 +99,8 @@ class PhaseDataModule(_Base):
         if self.data.part("val", self.protocol):
             self.sets["val"] = LabeledFrames(self.data, "val", self.protocol, transform=self.eval_transform)
 
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.sets["train"], shuffle=True)
 
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        # an empty list makes Lightning skip validation rather than select on test videos
-        return self._loader(self.sets["val"], shuffle=False) if "val" in self.sets else []
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.sets["test"], shuffle=False)
-
-
-class SequenceDataModule(_Base):
+class SequenceDataModule(_PartsModule):
     """Per-video clips (see :class:`VideoSequences`); ``batch_size`` counts clips."""
 
     def __init__(self, data_dir: str | Path, transform: Transform | None = None, clip_len: int | None = 64,
@@ -111,15 +117,3 @@ class SequenceDataModule(_Base):
                 self.sets[part] = VideoSequences(self.data, part, self.protocol, self.budget if part == "train" else None,
                                                  self.seed, self.transform, self.clip_len,
                                                  self.stride if part == "train" else None)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.sets["train"], shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return self._loader(self.sets["val"], shuffle=False) if "val" in self.sets else []
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.sets["test"], shuffle=False)
