@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-# The main job: ~8 minutes on 2 CPU cores (see the README). --quick: tiny, for tests.
+# The main job: about 6.5 minutes on 2 CPU cores (see the README). --quick: tiny, for tests.
 DEMO = ["data.synth.videos=8", "data.synth.seconds=90", "generic.steps=200", "pretrain.trainer.max_epochs=5",
         "seeds=[0]", "budgets=[1.0]", "linear.epochs=5", "temporal.epochs=30"]
 QUICK = ["data.synth.videos=8", "data.synth.seconds=8", "data.synth.size=96x64", "data.size=32",

@@ -5,12 +5,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..atomic import write_bytes, write_text
 
 # (column name, path into a cell's result.json, label in the table)
 def metric_columns(protocols: Sequence[str]) -> list[tuple[str, tuple[str, ...], str]]:
@@ -27,12 +28,6 @@ def _get(doc: dict, path: tuple[str, ...]) -> float:
             return math.nan
         doc = doc[key]
     return float(doc)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -99,10 +94,7 @@ def plot_metrics(out: Path, rows: list[dict], protocols: Sequence[str]) -> list[
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(write_bytes(path, buffer.getvalue()))
     return written
 
 
@@ -118,16 +110,16 @@ def write_reports(out: Path, results: list[dict], failures: dict[str, str], prot
         row.update({name: _get(r, path) for name, path, _ in columns})
         row.update({f"seconds_{k}": round(v, 1) for k, v in r.get("seconds", {}).items()})
         writer.writerow(row)
-    _write(out / "results.csv", buffer.getvalue())
+    write_text(out / "results.csv", buffer.getvalue())
     rows = summarise(results, protocols)
-    _write(out / "results.json", json.dumps({"cells": results, "failures": failures,
+    write_text(out / "results.json", json.dumps({"cells": results, "failures": failures,
                                              "summary": [{k: (list(v) if isinstance(v, tuple) else v)
                                                           for k, v in r.items()} for r in rows]},
                                             indent=1, default=str) + "\n")
     table = markdown_table(rows, protocols, KEY_METRICS)
     if failures:
         table += "\nFailed cells:\n" + "".join(f"- {name}: {msg}\n" for name, msg in sorted(failures.items()))
-    _write(out / "table.md", table)
+    write_text(out / "table.md", table)
     plots = plot_metrics(out / "plots", rows, protocols) if rows else []
     return {"csv": out / "results.csv", "json": out / "results.json", "table": out / "table.md",
             "plots": out / "plots" if plots else None}

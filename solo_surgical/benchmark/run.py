@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import write_json, write_text
 from ..errors import UserError
 
 
@@ -39,12 +40,6 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.method}-{self.variant.replace('@', '-')}-b{self.budget}-s{self.seed}"
-
-
-def _atomic_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _source_label(source: str) -> str:
@@ -225,7 +220,7 @@ class Benchmark:
             doc, warnings = evaluate_dirs(work / "temporal" / "gt", work / "temporal" / "predictions",
                                           str(cfg.data.dataset), float(cfg.data.fps), str(protocol))
             doc["warnings"] = warnings
-            _atomic_json(work / "eval" / f"{protocol}.json", json_ready(doc))
+            write_json(work / "eval" / f"{protocol}.json", json_ready(doc))
             evaluation[str(protocol)] = {k: v["mean"] for k, v in doc["summary"].items()
                                          if isinstance(v, dict) and "mean" in v}
         times["evaluate"] = time.time() - start
@@ -234,7 +229,7 @@ class Benchmark:
                   "seed": cell.seed, "teacher_source": cell.source, "teacher": str(teacher) if teacher else None,
                   "linear": {k: linear.get(k) for k in ("val_acc", "test_acc")},
                   "temporal": json_ready(evaluation), "seconds": times}
-        _atomic_json(work / "result.json", result)
+        write_json(work / "result.json", result, default=str)
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
@@ -243,7 +238,7 @@ class Benchmark:
     # --- all cells -----------------------------------------------------------------------
     def run(self) -> tuple[list[dict], dict[str, str]]:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "benchmark.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        write_text(self.out / "benchmark.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self.ensure_data()
         cells = plan_cells(self.cfg)
         results, failures, computed = [], {}, set()
@@ -273,5 +268,5 @@ class Benchmark:
                 for stage, seconds in r["seconds"].items():
                     if stage != "teacher":
                         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
-        _atomic_json(self.out / "timings.json", {k: round(v, 1) for k, v in self.stage_seconds.items()})
+        write_json(self.out / "timings.json", {k: round(v, 1) for k, v in self.stage_seconds.items()})
         return results, failures

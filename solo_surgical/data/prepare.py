@@ -27,6 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic import write_json
 from ..errors import UserError
 from .annotations import StepLabels, read_phases, read_tools
 from .registry import DatasetSpec, VideoSource
@@ -54,12 +55,6 @@ class Result:
     message: str = ""  # one line, names the file, when not ok
     entry: dict = field(default_factory=dict)
     frames: int = 0
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _output_size(opts: Options, box_w: int, box_h: int) -> tuple[int, int] | None:
@@ -148,7 +143,7 @@ def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequenc
             "status": "ok",
             "seconds": round(time.monotonic() - started, 3),
         }
-        write_json_atomic(tmp / "video.json", entry)
+        write_json(tmp / "video.json", entry)
         final = out / src.name
         if final.exists():  # a folder without video.json is not ours to keep (never a finished one)
             shutil.rmtree(final)
@@ -191,7 +186,7 @@ def write_manifest(out: Path, spec: DatasetSpec, opts: Options, failed: dict[str
         "videos": _collect(out),
         "failed": dict(sorted(failed.items())),
     }
-    write_json_atomic(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

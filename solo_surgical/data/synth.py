@@ -19,7 +19,6 @@ per-video colour, anatomy and margin shape vary; camera drift, zoom, smoke and b
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..atomic import write_json, write_text
 from .registry import CHOLEC80_PHASES, CHOLEC80_TOOLS
 
 # Fraction of the operation per phase (roughly Cholec80's mean durations).
@@ -291,12 +291,6 @@ def render_video(path: Path, cfg: SynthConfig, rng: np.random.Generator) -> dict
     return {"frames": n, "phases": phases, "tools": tools, "content_box": box, "margin": kind}
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _synth_one(out: Path, cfg: SynthConfig, number: int) -> tuple[str, dict]:
     """Render video ``number`` and write its annotations; returns (name, synth.json entry)."""
     name = f"video{number:02d}"
@@ -304,9 +298,9 @@ def _synth_one(out: Path, cfg: SynthConfig, number: int) -> tuple[str, dict]:
     # The video first: a crash then leaves a video without labels, which prepare reports.
     result = render_video(out / "videos" / f"{name}.mp4", cfg, rng)
     phases, tools = result["phases"], result["tools"]
-    _write_text(out / "phase_annotations" / f"{name}-phase.txt", "Frame\tPhase\n" + "".join(
+    write_text(out / "phase_annotations" / f"{name}-phase.txt", "Frame\tPhase\n" + "".join(
         f"{f}\t{CHOLEC80_PHASES[p]}\n" for f, p in enumerate(phases)))
-    _write_text(out / "tool_annotations" / f"{name}-tool.txt", "Frame\t" + "\t".join(CHOLEC80_TOOLS) + "\n" + "".join(
+    write_text(out / "tool_annotations" / f"{name}-tool.txt", "Frame\t" + "\t".join(CHOLEC80_TOOLS) + "\n" + "".join(
         f"{f}\t" + "\t".join(str(v) for v in tools[f]) + "\n" for f in range(0, len(phases), cfg.fps)))
     starts = np.flatnonzero(np.diff(phases, prepend=-1))
     return name, {
@@ -341,7 +335,7 @@ def synthesize(out: Path, cfg: SynthConfig = SynthConfig(), progress=None, worke
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    _write_text(out / "synth.json", json.dumps(meta, indent=1) + "\n")
+    write_json(out / "synth.json", meta)
     return meta
 
 

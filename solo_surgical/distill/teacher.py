@@ -12,13 +12,13 @@ Teacher checkpoint format (``torch.save`` of a plain dict, readable without ligh
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..atomic import torch_save
 from ..backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from ..checkpoints import TEACHER_FORMAT, CheckpointError, load_backbone_state, load_file
 from .mlp import build_mlp, describe_mlp, mlp_output_dim, sequential_of
@@ -95,10 +95,7 @@ def save_teacher_checkpoint(path: str | Path, *, arch: str, backbone: nn.Module,
         "meta": {**meta, "embedding_dim": mlp_output_dim(describe_mlp(projector)),
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return torch_save(payload, path)
 
 
 def _head_payload(head: nn.Module) -> dict[str, Any]:

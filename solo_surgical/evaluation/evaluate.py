@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import UserError
 from . import metrics
-from .labels import NATIVE_FPS, atomic_write_text, dataset_phases, encode_labels, pair_files, read_phase_file
+from ..atomic import write_text
+from .labels import NATIVE_FPS, dataset_phases, encode_labels, pair_files, read_phase_file
 
 
 def label_rate(frames: np.ndarray, native_fps: float) -> float | None:
@@ -121,7 +122,7 @@ def run(args: Any) -> int:
         print(f"solo-surgical: warning: {warning}", file=sys.stderr)
     print(format_table(doc))
     if args.json:
-        atomic_write_text(args.json, json.dumps(metrics.json_ready(doc), indent=2) + "\n")
+        write_text(args.json, json.dumps(metrics.json_ready(doc), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plots:
         from .plots import plot_evaluation

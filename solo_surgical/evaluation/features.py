@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import torch_save, write_json
 from ..errors import UserError
 
 FEATURES_INDEX = "features.json"
@@ -33,13 +33,8 @@ class FeatureFile:
 
 
 def save_feature_file(path: Path, features, frame_indices, labels, meta: dict) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"features": features.float().contiguous(), "frame_indices": frame_indices.long(),
-                "labels": labels.long(), **meta}, tmp)
-    os.replace(tmp, path)
+    torch_save({"features": features.float().contiguous(), "frame_indices": frame_indices.long(),
+                "labels": labels.long(), **meta}, path)
 
 
 def load_feature_file(path: Path) -> FeatureFile:
@@ -178,9 +173,7 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
                           {**meta, "video": video, "native_fps": native})
         index["videos"].append(video)
         log(f"{video}: {len(records)} frames -> {out / (video + '.pt')}")
-    tmp = out / f".{FEATURES_INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / FEATURES_INDEX)
+    write_json(out / FEATURES_INDEX, index)
     return index
 
 

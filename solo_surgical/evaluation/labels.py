@@ -7,14 +7,13 @@ line per labelled frame.
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..atomic import write_text
 from ..data.registry import CHOLEC80_PHASES, M2CAI16_PHASES  # one definition of the phase lists
 from ..errors import UserError
 
@@ -63,20 +62,8 @@ def write_phase_file(path: str | Path, frames: Sequence[int] | np.ndarray,
     if len(frames) != len(labels):
         raise ValueError(f"{path}: {len(frames)} frames but {len(labels)} labels")
     body = "".join(f"{int(f)}\t{label}\n" for f, label in zip(frames, labels))
-    atomic_write_text(path, f"{header}\n{body}")
+    write_text(path, f"{header}\n{body}")
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def label_table(phases: Sequence[str]) -> dict[str, int]:

@@ -11,11 +11,10 @@ without validation videos keeps the last epoch and says so.
 from __future__ import annotations
 
 import copy
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import torch_save, write_json
 from ..errors import UserError
 from .features import eval_transform, load_backbone
 
@@ -164,11 +163,10 @@ def run_linear(args: Any) -> int:
             per_video.setdefault(record.video, []).append((record.source, data.phases[p]))
         for video, rows in per_video.items():
             write_phase_file(out / "predictions" / f"{video}_pred.txt", [r[0] for r in rows], [r[1] for r in rows])
-    tmp = out / f".linear.ckpt.tmp-{os.getpid()}"
-    torch.save({"state_dict": {k: v.cpu() for k, v in state.items()},
-                "hyper_parameters": {"backbone": name, "num_classes": n_cls, "phases": data.phases}}, tmp)
-    os.replace(tmp, out / "linear.ckpt")
-    (out / "linear.json").write_text(json.dumps(result, indent=1) + "\n")
+    torch_save({"state_dict": {k: v.cpu() for k, v in state.items()},
+                "hyper_parameters": {"backbone": name, "num_classes": n_cls, "phases": data.phases}},
+               out / "linear.ckpt")
+    write_json(out / "linear.json", result)
     shown = {k: round(v, 2) for k, v in result.items() if k.endswith("_acc")}
     print(f"{result['mode']} {name}: {shown}; {result['selection']}; wrote {out / 'linear.json'}")
     return 0

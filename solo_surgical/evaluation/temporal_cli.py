@@ -7,13 +7,12 @@ feature frames, to evaluate against when no ``--gt``), and ``ribbons/<video>.png
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import torch_save, write_json
 from ..errors import UserError
 
 
@@ -60,11 +59,9 @@ def run_temporal(args: Any) -> int:
                                args.smooth_weight, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".temporal.pt.tmp-{os.getpid()}"
-    torch.save({"config": cfg.__dict__, "state_dict": model.state_dict(), "phases": phases,
-                "protocol": protocol, "smooth_weight": args.smooth_weight}, tmp)
-    os.replace(tmp, out / "temporal.pt")
-    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    torch_save({"config": cfg.__dict__, "state_dict": model.state_dict(), "phases": phases,
+                "protocol": protocol, "smooth_weight": args.smooth_weight}, out / "temporal.pt")
+    write_json(out / "history.json", history)
     gt_files = {}
     if args.gt:
         gt_files = {int(number): path for number, path, _ in pair_files(args.gt, args.gt)}

@@ -7,13 +7,13 @@ defaults, and ``method.kwargs.momentum=0.996`` overrides one of them.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import write_text
 from ..errors import UserError
 from ..methods import method_names, resolve_method
 
@@ -60,11 +60,7 @@ def require(cfg: DictConfig, key: str, what: str) -> str:
 
 def save_config(cfg: DictConfig, path: Path) -> Path:
     """Write the resolved config as YAML, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def global_batch_size(cfg: DictConfig) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torchvision
 from PIL import Image, ImageDraw
 from torch import nn
 
+from ..atomic import write_bytes, write_json
 from ..backbones import IMAGENET_MEAN, IMAGENET_STD
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar", "diamond", "star")
@@ -106,15 +106,11 @@ def train_generic_model(out_dir: str | Path, arch: str = "resnet18", steps: int 
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     digest = hashlib.sha256(buffer.getvalue()).hexdigest()
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{arch}-{digest[:8]}.pth"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    import json
-
-    path.with_suffix(".json").write_text(json.dumps(
-        {"arch": arch, "sha256": digest, "domain": "generated shapes", "classes": list(SHAPES),
-         "steps": steps, "image_size": size, "heldout_accuracy": accuracy,
-         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, indent=2))
-    os.replace(tmp, path)
+    # the sidecar first: the .pth appearing is what marks the model as finished (see the reuse check)
+    write_json(path.with_suffix(".json"),
+               {"arch": arch, "sha256": digest, "domain": "generated shapes", "classes": list(SHAPES),
+                "steps": steps, "image_size": size, "heldout_accuracy": accuracy,
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, indent=2)
+    write_bytes(path, buffer.getvalue())
     return path

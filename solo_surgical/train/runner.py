@@ -1,7 +1,6 @@
 """Build methods from a config and train them with Lightning (pretraining and teacher stage)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +12,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from ..atomic import torch_save
 from ..backbones import build_backbone
 from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file, sha256_file
 from ..data.images import ImageFolderDataset, generate_images
@@ -26,11 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written under a temporary name and renamed: a kill never leaves a torn file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        torch_save(checkpoint, path)
 
 
 def method_transform(method_name: str, cfg: DictConfig):

@@ -16,12 +16,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..atomic import write_bytes, write_json
 from ..checkpoints import CheckpointError, extract_backbone_state, infer_resnet_arch, load_backbone_state
 from ..errors import UserError
 from .manifest import ZooSource
@@ -190,15 +189,9 @@ def write_teacher_init(conversion: Conversion, out: str | Path, meta: Mapping[st
     from .. import __version__
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     data = serialise(conversion.state)
     digest = hashlib.sha256(data).hexdigest()
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(out, data)
 
     sidecar = Path(f"{out}.json")
     record = {
@@ -208,9 +201,7 @@ def write_teacher_init(conversion: Conversion, out: str | Path, meta: Mapping[st
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "solo_surgical_version": __version__,
     }
-    tmp_json = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
-    tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_json, sidecar)
+    write_json(sidecar, record, indent=2)
     return out, sidecar
 
 
