@@ -99,6 +99,22 @@ def _summarise(keys: list[str], limit: int = 6) -> str:
     return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def fill_batchnorm_counters(state: dict[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """Add ``num_batches_tracked`` (0) where a BatchNorm has statistics but no counter.
+
+    Files saved before PyTorch 0.4.1 have no counter; BatchNorm itself fills it with 0 when it
+    loads such a file (``_load_from_state_dict``, version < 2). Our loader is strict on key sets,
+    so the gap is closed here instead. The counter only matters when ``momentum=None``.
+    """
+    filled = []
+    for key in expected:
+        stem = key[: -len("num_batches_tracked")]
+        if key.endswith(".num_batches_tracked") and key not in state and stem + "running_mean" in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+            filled.append(key)
+    return filled
+
+
 def load_backbone_state(model: nn.Module, state: Mapping[str, Tensor], source: str | Path) -> None:
     """Strictly load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error.
 
@@ -106,12 +122,8 @@ def load_backbone_state(model: nn.Module, state: Mapping[str, Tensor], source: s
     ``teacher.pth: 2 missing keys (layer4.1.bn2.weight, ...); 1 unexpected key (head.weight)``.
     """
     expected = model.state_dict()
-    # Checkpoints saved before PyTorch 0.4.1 (torchvision's original ResNet files among them)
-    # have no BatchNorm `num_batches_tracked`; PyTorch itself fills it with 0 in that case.
     state = dict(state)
-    for key in set(expected) - set(state):
-        if key.endswith(".num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
+    fill_batchnorm_counters(state, expected)  # torchvision's original ResNet files predate the counter
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(

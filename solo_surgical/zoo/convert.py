@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..atomic import write_bytes, write_json
-from ..checkpoints import CheckpointError, extract_backbone_state, infer_resnet_arch, load_backbone_state
+from ..checkpoints import (CheckpointError, extract_backbone_state, fill_batchnorm_counters, infer_resnet_arch,
+                           load_backbone_state)
 from ..errors import UserError
 from .manifest import ZooSource
 
@@ -82,24 +83,6 @@ def load_public(path: str | Path) -> Any:
     except Exception as exc:  # truncated zip, garbage, ...
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-
-
-def fill_batchnorm_counters(state: dict[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    """Add ``num_batches_tracked`` (0) where a BatchNorm has statistics but no counter.
-
-    Files saved before PyTorch 0.4.1 have no counter; BatchNorm itself fills it with 0 when it
-    loads such a file (``_load_from_state_dict``, version < 2). Our loader is strict on key sets,
-    so the gap is closed here instead. The counter only matters when ``momentum=None``.
-    """
-    import torch
-
-    filled = []
-    for key in expected:
-        stem = key[: -len("num_batches_tracked")]
-        if key.endswith(".num_batches_tracked") and key not in state and stem + "running_mean" in state:
-            state[key] = torch.tensor(0, dtype=torch.long)
-            filled.append(key)
-    return filled
 
 
 def convert_object(obj: Any, source: Optional[ZooSource] = None, where: str | Path = "<memory>",
