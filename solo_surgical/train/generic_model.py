@@ -114,3 +114,39 @@ def train_generic_model(out_dir: str | Path, arch: str = "resnet18", steps: int 
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, indent=2)
     write_bytes(path, buffer.getvalue())
     return path
+
+
+# Bump when the generic domain or the training recipe changes: cached models are then retrained.
+GENERIC_RECIPE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """Per-user cache: ``$SOLO_SURGICAL_CACHE``, else ``$XDG_CACHE_HOME/solo-surgical``, else ``~/.cache/solo-surgical``."""
+    import os
+
+    if os.environ.get("SOLO_SURGICAL_CACHE"):
+        return Path(os.environ["SOLO_SURGICAL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "solo-surgical"
+
+
+def cached_generic_model(arch: str = "resnet18", steps: int = 200, image_size: int = 64, seed: int = 0,
+                         cache_dir: str | Path | None = None, log=print) -> Path:
+    """The generic public model for these settings, trained once per user and reused.
+
+    The cache folder is keyed by the settings and the recipe version, so a re-run reuses the
+    model and a changed setting trains a new one.
+    """
+    import json
+
+    settings = {"arch": arch, "steps": int(steps), "image_size": int(image_size), "seed": int(seed),
+                "recipe": GENERIC_RECIPE_VERSION}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "generic" / f"{arch}-{key}"
+    existing = sorted(folder.glob(f"{arch}-*.pth"))
+    if existing:
+        log(f"generic public model: reusing {existing[0]}")
+        return existing[0]
+    log(f"generic public model: training {arch} ({steps} steps, {image_size}px) into {folder}")
+    return train_generic_model(folder, arch=arch, steps=steps, size=image_size, seed=seed,
+                               log_every=max(1, steps // 8))
