@@ -105,8 +105,11 @@ def train_loader(cfg: DictConfig, run_dir: Path) -> DataLoader:
     if len(dataset) < int(cfg.data.batch_size):
         raise UserError(f"{root}: {len(dataset)} images, fewer than data.batch_size={cfg.data.batch_size}")
     workers = int(cfg.data.num_workers)
+    # an explicit generator: the shuffling order depends on run.seed only, not on how much of the
+    # global RNG model construction consumed
+    generator = torch.Generator().manual_seed(int(cfg.run.seed))
     return DataLoader(dataset, batch_size=int(cfg.data.batch_size), shuffle=True, drop_last=True,
-                      num_workers=workers, persistent_workers=workers > 0)
+                      num_workers=workers, persistent_workers=workers > 0, generator=generator)
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[str]:
@@ -130,6 +133,12 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
+def seed_run(cfg: DictConfig) -> None:
+    """Seed every generator (python, numpy, torch, DataLoader workers) *before* anything random is
+    built: the model's initial weights, the generated images and the augmentations all draw from it."""
+    pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
+
+
 def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer:
     """Train ``model`` with the run folder layout::
 
@@ -139,7 +148,6 @@ def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer
         RUN_DIR/tensorboard/version_N/       TensorBoard log
     """
     _quiet_lightning()
-    pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg, run_dir)
     save_config(cfg, run_dir / "config.yaml")
@@ -163,6 +171,7 @@ def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer
 
 def run_pretrain(cfg: DictConfig) -> Path:
     run_dir = Path(str(cfg.run.dir))
+    seed_run(cfg)
     model = build_model(cfg)
     fit(cfg, model, run_dir)
     return run_dir
@@ -171,6 +180,7 @@ def run_pretrain(cfg: DictConfig) -> Path:
 def run_teacher_stage(cfg: DictConfig) -> Path:
     """Freeze a public backbone, train the method's heads on surgical frames, export a teacher."""
     source = require(cfg, "teacher.source", "the public backbone checkpoint (torchvision, MoCo v2 or ours)")
+    seed_run(cfg)
     backbone, arch, info = load_public_backbone(source, str(cfg.backbone.name))
     OmegaConf.update(cfg, "backbone.name", arch)
     model = build_model(cfg, freeze_backbone=str(cfg.teacher.bn), backbone_module=backbone, arch=arch)
