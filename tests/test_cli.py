@@ -77,15 +77,20 @@ def _sha(path: Path) -> str:
 def test_resume_restores_memories_and_nan_loses_nothing(capsys, tmp_path, image_dir, teacher_ckpt):
     common = _base(tmp_path, image_dir, f"distill.teacher={teacher_ckpt}", "distill.memory_size=24",
                    "trainer.enable_progress_bar=false")
+    # a MoCo queue of 24 (not a multiple of 32 keys per epoch), so a resume that lost it would show
+    common = ["method.kwargs.queue_size=24" if a == "method.kwargs.queue_size=16" else a for a in common]
     assert _run(capsys, *common)[0] == 0
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=False)
     assert first["global_step"] == 4 and int(first["state_dict"]["distill.memory.pointer"]) == 32 % 24
-    assert "moco_queue" in first and int(first["moco_queue"]["ptr"]) == (4 * 2 * 8) % 16
+    # MoCo's per-view queues are state_dict buffers; one enqueue of the batch (8) per step
+    assert "moco_queue" not in first and first["state_dict"]["queue.keys"].shape == (2, 24, 16)
+    assert int(first["state_dict"]["queue.pointer"]) == (4 * 8) % 24
     # resume for a second epoch: memory continues where it stopped (64 % 24 = 16, not 32 % 24 again)
     assert _run(capsys, *common, "run.resume=last", "trainer.max_epochs=2")[0] == 0
     second = torch.load(last, weights_only=False)
     assert second["global_step"] == 8 and int(second["state_dict"]["distill.memory.pointer"]) == 64 % 24
+    assert int(second["state_dict"]["queue.pointer"]) == (8 * 8) % 24
     assert len(list((tmp_path / "run" / "logs").glob("version_*/metrics.csv"))) == 2  # first log kept
     # a diverging relaunch in the same run folder ends with one line naming the cause, and the
     # checkpoint already on disk is untouched (a resume would restore the saved lr, hence a fresh launch)
