@@ -1,8 +1,11 @@
 """The distillation head: frozen teacher + aligned memory + relational KL, for any SSL method.
 
 A host (lightly, solo-learn, your own loop) gives the head, per step, the two augmented
-views and the student's queries and keys of both views; the head returns the KL term and
-updates its memory. It never touches the host's own loss, optimiser or queue.
+views and the student's queries and keys of both views (this rank's images); the head runs
+the teacher, gathers student keys and teacher embeddings of the global batch from every
+DDP rank (one collective), returns the KL term over the relation set [global batch keys,
+aligned memory] (see :mod:`solo_surgical.distill.loss`) and then enqueues the global
+batch's view-2 keys. It never touches the host's own loss, optimiser or queue.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .loss import symmetric_relational_kl
+from .loss import gather_keys, symmetric_relational_kl
 from .memory import AlignedMemory
 from .teacher import FrozenTeacher
 
@@ -24,6 +27,13 @@ class DistillConfig:
     ``total = ssl_weight * ssl_loss + weight * relational_kl``. ``preset="authors"``
     reproduces the authors' released code, which computes ``loss += loss + 5 * kd``
     (i.e. 2 x SSL + 5 x KL).
+
+    ``memory_size`` K is the number of earlier images (student and teacher keys, slot-aligned)
+    added to each query's relation set, after the N images of the current global batch; the
+    relation set has N + min(images seen so far, K) columns. ``memory_size=0`` is a valid
+    configuration: no memory, the relations are over the global batch alone (N columns), and
+    distillation is still fully active. A positive K must hold at least one global batch.
+    The global batch must hold at least 2 images (a single image has nothing to relate to).
     """
 
     teacher: Optional[str] = None
@@ -78,23 +88,32 @@ class DistillationHead(nn.Module):
 
     def forward(self, views: tuple[Tensor, Tensor], queries: tuple[Tensor, Tensor],
                 keys: tuple[Tensor, Tensor], update_memory: Optional[bool] = None) -> Tensor:
-        """KL(p_teacher || p_student), then enqueue (student key, teacher key) of view 2.
+        """KL(p_teacher || p_student) over [global batch keys, memory], then enqueue view-2 keys.
 
         Args:
-            views: (x1, x2), each (B, 3, H, W), exactly the images the student saw.
+            views: (x1, x2), each (B, 3, H, W), exactly the images the student saw (this rank).
             queries: (q1, q2), each (B, Ds), student queries (gradient flows through these).
             keys: (k1, k2), each (B, Ds), student keys (detached here).
             update_memory: defaults to ``self.training``.
+
+        Returns:
+            Scalar loss: the symmetric relational KL averaged over this rank's B queries; each
+            query relates to the N keys of the other view of the global batch (all ranks,
+            rank order) and the K' <= K keys in memory.
         """
         t1, t2 = self.teacher_embeddings(*views)
+        # One collective: (N, .) global batch of both views' student keys and teacher embeddings.
+        (k1, k2, g1, g2), offset = gather_keys([keys[0], keys[1], t1, t2])
         loss = symmetric_relational_kl(
-            queries, keys, self.memory.student(), (t1, t2), self.memory.teacher(),
+            queries, (k1, k2), self.memory.student(), (g1, g2), self.memory.teacher(),
             self.config.student_temperature, self.config.teacher_temperature, self.config.symmetric,
+            key_offset=offset,
         )
         if self.training if update_memory is None else update_memory:
-            # Memory is updated after the loss (MoCo's convention): a sample is never its own negative.
-            self.memory.enqueue(nn.functional.normalize(keys[1].detach(), dim=1),
-                                nn.functional.normalize(t2, dim=1))
+            # Memory is updated after the loss (MoCo's convention): an image is never in the memory
+            # during its own step. The keys are already gathered, so every rank writes the same slots.
+            self.memory.enqueue(nn.functional.normalize(k2, dim=1), nn.functional.normalize(g2, dim=1),
+                                gather=False)
         return loss
 
     def combine(self, ssl_loss: Tensor, distill_loss: Tensor) -> Tensor:

@@ -3,9 +3,14 @@
 The authors' code keeps two independent queues, each with its own pointer, so that slot j
 of the student queue and slot j of the teacher queue describe the same image only by
 chance. Here one pointer writes both: the relational KL then compares distributions over
-the *same* negatives.
+the *same* images. The memory extends the relation set beyond the current global batch
+(see :mod:`solo_surgical.distill.loss`); it is written after the loss of a step, so an
+image is never in the memory during its own step. A memory of size 0 holds nothing and
+leaves the global batch as the whole relation set.
 """
 from __future__ import annotations
+
+from typing import Union
 
 import torch
 import torch.distributed as dist
@@ -17,24 +22,37 @@ def _world_size() -> int:
 
 
 @torch.no_grad()
-def gather_across_ranks(tensor: Tensor) -> Tensor:
+def gather_across_ranks(tensor: Tensor, return_offset: bool = False) -> Union[Tensor, tuple[Tensor, int]]:
     """Concatenate ``tensor`` (B_r, ...) from every DDP rank in rank order (no gradient).
 
     Ranks may hold different batch sizes (the last batch of an epoch): rows are padded to
     the largest size for ``all_gather`` and trimmed afterwards.
+
+    Args:
+        tensor: (B_r, ...) this rank's rows.
+        return_offset: also return this rank's offset, the number of rows held by lower
+            ranks (sum of B_0 .. B_{r-1}): local row i is row ``offset + i`` of the result.
+
+    Returns:
+        (sum_r B_r, ...) detached, or ``(gathered, offset)`` with ``return_offset``.
+        Without DDP: ``tensor.detach()`` and offset 0.
     """
     world = _world_size()
     if world == 1:
-        return tensor
+        return (tensor.detach(), 0) if return_offset else tensor.detach()
     size = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
-    largest = int(max(s.item() for s in sizes))
+    counts = [int(s.item()) for s in sizes]
+    largest = max(counts)
     padded = tensor.new_zeros((largest, *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)], dim=0)
+    gathered = torch.cat([p[:n] for p, n in zip(parts, counts)], dim=0)
+    if not return_offset:
+        return gathered
+    return gathered, sum(counts[: dist.get_rank()])
 
 
 class AlignedMemory(nn.Module):
