@@ -6,10 +6,12 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "benchmark", help="methods x {plain, distill} x budgets x seeds: pretrain, linear, features, "
-                          "temporal model, evaluation; resumable",
+        "benchmark", help="methods x {random, public, plain, distill, public_init} x budgets x seeds: pretrain, "
+                          "linear, features, temporal model, evaluation, paired deltas; resumable",
         description="Config: solo_surgical/configs/benchmark.yaml. Rerunning the same command resumes: "
-                    "finished cells are kept, interrupted ones restart.")
+                    "finished cells are kept, interrupted ones restart. An out folder belongs to one set of "
+                    "settings: a rerun with other settings (anything but methods, variants, budgets, seeds, "
+                    "public_init_methods) is refused, naming the keys that differ.")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out=runs/bench 'methods=[byol]' "
                                                 "'budgets=[1.0,0.5]' 'seeds=[0,1,2]'")
     p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
@@ -17,9 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "demo", help="the main job on the embedded default (no downloads): synthetic surgical videos -> "
-                     "prepare -> generic public model -> teacher -> plain and distilled pretraining -> linear "
-                     "-> features -> temporal model -> evaluation -> table and phase ribbons",
-        description="A small benchmark preset (one method, one seed). Resumable like `benchmark`.")
+                     "prepare -> generic public model -> teacher -> plain, distilled and public-initialised "
+                     "pretraining -> linear -> features -> temporal model -> evaluation, beside the frozen "
+                     "random and public backbones -> probe ladder, paired delta, verdict, phase ribbons",
+        description="A small benchmark preset (one method, one seed, budget 1.0, all five variants). "
+                    "Resumable like `benchmark`. With one seed every delta has n = 1 and no confidence "
+                    "interval: add e.g. 'seeds=[0,1,2]' for one.")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--method", default="mocov2plus", help="base SSL method (default mocov2plus)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for tests (well under a minute of training)")
@@ -27,24 +32,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-# The main job: about 6.5 minutes on 2 CPU cores (see the README). --quick: tiny, for tests.
+# The main job (see the README): five cells of one method, one seed, budget 1.0 (the frozen random and
+# public backbones cost only probes). --quick: tiny, for tests.
 DEMO = ["data.synth.videos=8", "data.synth.seconds=90", "generic.steps=200", "pretrain.trainer.max_epochs=5",
-        "seeds=[0]", "budgets=[1.0]", "linear.epochs=5", "temporal.epochs=30"]
+        "seeds=[0]", "budgets=[1.0]", "linear.epochs=5", "temporal.epochs=30",
+        "variants=[random,public,plain,distill,public_init]"]
 QUICK = ["data.synth.videos=8", "data.synth.seconds=8", "data.synth.size=96x64", "data.size=32",
          "generic.steps=5", "generic.image_size=32", "pretrain.backbone.name=tiny", "pretrain.data.image_size=32",
          "pretrain.data.batch_size=8", "pretrain.trainer.max_epochs=1", "pretrain.distill.memory_size=32",
          "method_overrides.mocov2plus.method.kwargs.queue_size=32", "seeds=[0]", "budgets=[1.0]",
          "linear.epochs=1", "linear.image_size=32", "extract.image_size=32", "temporal.epochs=2",
-         "temporal.layers=3", "temporal.channels=8"]
+         "temporal.layers=3", "temporal.channels=8", "variants=[random,public,plain,distill,public_init]"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     preset = QUICK if args.quick else DEMO
-    args.overrides = [*preset, f"out={args.out}", f"methods=[{args.method}]", *args.overrides]
+    args.overrides = [*preset, f"out={args.out}", f"methods=[{args.method}]", f"public_init_methods=[{args.method}]",
+                      *args.overrides]
     args.cfg = False
     code = cmd_benchmark(args)
     print(f"phase ribbons (ground truth vs prediction per test video): {args.out}/cells/*/temporal/ribbons/")
+    print_answer(args.out)
     return code
+
+
+def print_answer(out: str) -> None:
+    """The story in a few lines, from OUT/results.json: the probe ladder and the verdicts in words."""
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    print("\nDoes distilling the public model make the SSL student better? (linear probe, test frames)")
+    for line in doc.get("ladder", []):
+        print(f"  ladder  {line}")
+    for line in doc.get("sentences", []):
+        print(f"  answer  {line}")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

@@ -1,19 +1,48 @@
 """The benchmark: every cell (method, variant, budget, seed) runs the whole pipeline.
 
+Variants (``variants`` in the config):
+
+* ``random``: a frozen, randomly initialised student backbone (``pretrain.backbone.name``),
+  initialised with ``torch.manual_seed(seed)`` and saved in the cell, so every stage and every
+  rerun sees the same weights;
+* ``public``: the frozen public backbone itself (the teacher *source* checkpoint);
+* ``plain``: the SSL method from scratch;
+* ``distill``: ``distill_<method>`` from the teacher made from the public backbone;
+* ``public_init``: the SSL method started from the public weights (``backbone.init``), only
+  for the methods listed in ``public_init_methods`` (null: every method).
+
+``random`` and ``public`` do not depend on the SSL method: they run once per budget and seed
+(cells ``frozen-random-b<budget>-s<seed>``, method ``-``) and are shown as references for every
+method. Every cell, frozen or trained, then goes through the same linear probe, feature
+extraction, temporal model and evaluation (same split, budget, probe settings and seed).
+
 Layout of ``OUT``::
 
+    benchmark.yaml                  the config of this folder (see "Settings" below)
     raw/ data/                      synthetic (or given) videos, prepared frames
-    public_model/                   the offline generic 'public' model (teacher source "generic")
-    teachers/<source>-b<budget>/    teacher stage run + teacher.pth (once per source and budget)
-    cells/<method>-<variant>-b<budget>-s<seed>/
-        pretrain/ linear/ features/ temporal/ eval/<protocol>.json  result.json
-    results.csv results.json table.md plots/
+    teachers/<source>-b<budget>/    teacher stage run + teacher.pth + settings.json
+    cells/<method>-<variant>-b<budget>-s<seed>/   (frozen-<variant>-b<budget>-s<seed>/ for random, public)
+        [pretrain/ | backbone/] linear/ features/ temporal/ eval/<protocol>.json  result.json
+    results.csv results.json table.md plots/ timings.json
+
+The generic public model (teacher source ``generic``) lives in the per-user cache
+(:func:`solo_surgical.train.generic_model.cached_generic_model`), keyed by its settings.
 
 A cell or teacher is built in a ``.<name>.partial`` folder that is renamed when complete, so
 a finished cell is never recomputed and an interrupted one restarts from scratch.
+
+Settings: an out folder belongs to one set of settings. A rerun whose config differs from
+``OUT/benchmark.yaml`` in anything but the plan (``methods``, ``variants``, ``budgets``,
+``seeds``, ``public_init_methods``) is refused with one line naming the differing keys; a
+changed plan is allowed (finished cells are kept, new ones computed) and the previous config is
+kept as ``benchmark.<n>.yaml``. Each cell (and teacher) also stores the settings it was computed
+with and their fingerprint; a finished cell whose settings differ from the current ones is
+refused the same way, never silently reused. The choice is to refuse rather than recompute:
+recomputing would delete finished work on a typo.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,42 +54,74 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..atomic import write_json, write_text
+from ..atomic import torch_save, write_json, write_text
 from ..errors import UserError
+
+FROZEN = ("random", "public")
+TRAINED = ("plain", "distill", "public_init")
+VARIANTS = FROZEN + TRAINED
+REFERENCE = "-"  # the method of the frozen cells, which no SSL method produces
+PLAN_KEYS = ("methods", "variants", "budgets", "seeds", "public_init_methods")
 
 
 @dataclass(frozen=True)
 class Cell:
-    method: str
-    variant: str      # "plain" or "distill" (or "distill@<source>" with several teacher sources)
+    method: str       # the SSL method; "-" for the frozen variants
+    variant: str      # one of VARIANTS, or "<variant>@<source label>" with several teacher sources
     budget: Any
     seed: int
-    source: Optional[str] = None
+    source: Optional[str] = None  # the public checkpoint (public, distill, public_init)
+
+    @property
+    def kind(self) -> str:
+        return self.variant.split("@")[0]
+
+    @property
+    def frozen(self) -> bool:
+        return self.kind in FROZEN
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.variant.replace('@', '-')}-b{self.budget}-s{self.seed}"
+        prefix = "frozen" if self.frozen else self.method
+        return f"{prefix}-{self.variant.replace('@', '-')}-b{self.budget}-s{self.seed}"
 
 
 def _source_label(source: str) -> str:
     return "generic" if source == "generic" else Path(source).stem.replace("-", "_")
 
 
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def plan_cells(cfg: DictConfig) -> list[Cell]:
+    """Per budget: the frozen cells once per seed, then per method and seed its trained variants."""
     sources = [str(s) for s in cfg.teacher.sources]
+    variants = [str(v) for v in cfg.variants]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"benchmark variants: unknown {', '.join(map(repr, unknown))} ({', '.join(VARIANTS)})")
+    listed = cfg.get("public_init_methods")
+    init_methods = None if listed is None else {str(m) for m in listed}
+
+    def label(kind: str, source: str) -> str:
+        return kind if len(sources) == 1 else f"{kind}@{_source_label(source)}"
+
     cells = []
     for budget in cfg.budgets:
-        for method in cfg.methods:
+        for seed in cfg.seeds:
+            if "random" in variants:
+                cells.append(Cell(REFERENCE, "random", budget, int(seed)))
+            if "public" in variants:
+                cells += [Cell(REFERENCE, label("public", s), budget, int(seed), s) for s in sources]
+        for method in map(str, cfg.methods):
             for seed in cfg.seeds:
-                for variant in cfg.variants:
+                for variant in variants:
                     if variant == "plain":
-                        cells.append(Cell(str(method), "plain", budget, int(seed)))
-                    elif variant == "distill":
-                        for source in sources:
-                            label = "distill" if len(sources) == 1 else f"distill@{_source_label(source)}"
-                            cells.append(Cell(str(method), label, budget, int(seed), source))
-                    else:
-                        raise UserError(f"benchmark variants: unknown {variant!r} (plain, distill)")
+                        cells.append(Cell(method, "plain", budget, int(seed)))
+                    elif variant == "distill" or (variant == "public_init" and
+                                                  (init_methods is None or method in init_methods)):
+                        cells += [Cell(method, label(variant, s), budget, int(seed), s) for s in sources]
     return cells
 
 
@@ -76,6 +137,69 @@ def as_overrides(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, (list, tuple)):
         return [f"{key}=[{','.join(str(v) for v in node)}]"]
     return [f"{key}={'null' if node is None else node}"]
+
+
+# --- settings fingerprints ----------------------------------------------------------------------
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat if flat or not prefix else {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def differences(before: dict, after: dict) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (``<absent>`` when missing)."""
+    a, b = _flatten(before), _flatten(after)
+    absent = "<absent>"
+    return [f"{k}: {a.get(k, absent)} -> {b.get(k, absent)}" for k in sorted(set(a) | set(b))
+            if a.get(k, absent) != b.get(k, absent)]
+
+
+def _describe(diffs: list[str], limit: int = 4) -> str:
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def _source_settings(cfg: DictConfig, source: str) -> dict:
+    if source != "generic":
+        return {"path": str(source)}
+    from ..train import generic_model
+
+    return {"generic": _plain(cfg.generic), "recipe": getattr(generic_model, "GENERIC_RECIPE_VERSION", None)}
+
+
+def _method_settings(cfg: DictConfig, method: str) -> Any:
+    return _plain((cfg.get("method_overrides") or {}).get(method))
+
+
+def teacher_settings(cfg: DictConfig, source: str, budget: Any) -> dict:
+    t = cfg.teacher
+    return {"source": _source_settings(cfg, source), "budget": str(budget), "data": _plain(cfg.data),
+            "pretrain": _plain(cfg.pretrain), "method": str(t.method), "bn": str(t.bn),
+            "overrides": _plain(t.overrides), "method_overrides": _method_settings(cfg, str(t.method))}
+
+
+def cell_settings(cfg: DictConfig, cell: Cell) -> dict:
+    """Everything that changes a cell's numbers (the plan keys do not: they choose cells)."""
+    settings: dict[str, Any] = {
+        "method": cell.method, "variant": cell.kind, "budget": str(cell.budget), "seed": int(cell.seed),
+        "data": _plain(cfg.data), "linear": _plain(cfg.linear), "extract": _plain(cfg.extract),
+        "temporal": _plain(cfg.temporal), "evaluate": _plain(cfg.evaluate)}
+    if cell.kind == "random":
+        settings["random"] = {"arch": str(cfg.pretrain.backbone.name)}
+    if cell.source is not None:
+        settings["source"] = _source_settings(cfg, cell.source)
+    if not cell.frozen:
+        settings["pretrain"] = _plain(cfg.pretrain)
+        settings["method_overrides"] = _method_settings(cfg, cell.method)
+    if cell.kind == "distill":
+        settings["teacher"] = teacher_settings(cfg, cell.source, cell.budget)
+    return settings
 
 
 def _cli(*argv: str) -> None:
@@ -95,6 +219,8 @@ class Benchmark:
         self.log = log
         self.data_dir: Optional[Path] = None
         self.stage_seconds: dict[str, float] = {}  # shared stages timed in this launch
+        self._sources: dict[str, Path] = {}
+        self._hashes: dict[str, str] = {}
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
         start = time.time()
@@ -102,6 +228,58 @@ class Benchmark:
             return fn()
         finally:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.time() - start
+
+    # --- settings ------------------------------------------------------------------------
+    def check_config(self) -> list[str]:
+        """Refuse a config that differs from OUT/benchmark.yaml outside the plan; return the plan changes."""
+        path = self.out / "benchmark.yaml"
+        if not path.is_file():
+            return []
+        previous = _plain(OmegaConf.load(path)) or {}
+        current = _plain(self.cfg)
+
+        def part(doc: dict, plan: bool) -> dict:
+            return {k: v for k, v in doc.items() if k != "out" and ((k in PLAN_KEYS) == plan)}
+
+        diffs = differences(part(previous, False), part(current, False))
+        if diffs:
+            raise UserError(f"{self.out}: this out folder holds a benchmark made with other settings "
+                            f"({_describe(diffs)}); use another out= folder, or rerun with the settings "
+                            f"of {path}")
+        return differences(part(previous, True), part(current, True))
+
+    def record_config(self, plan_changes: list[str]) -> None:
+        """Write OUT/benchmark.yaml; a previous one with another plan is kept as benchmark.<n>.yaml."""
+        path = self.out / "benchmark.yaml"
+        if plan_changes:
+            n = 1
+            while (self.out / f"benchmark.{n}.yaml").exists():
+                n += 1
+            os.replace(path, self.out / f"benchmark.{n}.yaml")
+            self.log(f"plan changed ({_describe(plan_changes)}): finished cells are kept; the previous "
+                     f"config is kept as {self.out / f'benchmark.{n}.yaml'}")
+        write_text(path, OmegaConf.to_yaml(self.cfg, resolve=True))
+
+    def check_cells(self, cells: list[Cell]) -> None:
+        """Refuse finished cells computed with settings other than the current ones."""
+        stale = []
+        for cell in cells:
+            done = self.out / "cells" / cell.name / "result.json"
+            if not done.is_file():
+                continue
+            stored = json.loads(done.read_text()).get("settings")
+            if stored is None:
+                stale.append((cell.name, ["no settings record (made by an older version)"]))
+                continue
+            diffs = differences(stored, json.loads(json.dumps(cell_settings(self.cfg, cell), default=str)))
+            if diffs:
+                stale.append((cell.name, diffs))
+        if stale:
+            name, diffs = stale[0]
+            more = f" (and {len(stale) - 1} more cells)" if len(stale) > 1 else ""
+            raise UserError(f"{self.out}: cell {name}{more} was computed with other settings "
+                            f"({_describe(diffs)}); use another out= folder, or delete "
+                            f"{self.out / 'cells' / name} to recompute it")
 
     # --- shared inputs -------------------------------------------------------------------
     def ensure_data(self) -> Path:
@@ -127,13 +305,26 @@ class Benchmark:
         return data
 
     def source_path(self, source: str) -> Path:
-        if source != "generic":
-            return Path(source)
-        from ..train.generic_model import train_generic_model
+        """The public checkpoint: a path, or the cached generic public model for the config's settings."""
+        if source not in self._sources:
+            if source != "generic":
+                self._sources[source] = Path(source)
+            else:
+                from ..train.generic_model import cached_generic_model
 
-        g = self.cfg.generic
-        return self._timed("generic public model", lambda: train_generic_model(
-            self.out / "public_model", arch=str(g.arch), steps=int(g.steps), size=int(g.image_size), log_every=0))
+                g = self.cfg.generic
+                self._sources[source] = Path(self._timed("generic public model", lambda: cached_generic_model(
+                    arch=str(g.arch), steps=int(g.steps), image_size=int(g.image_size),
+                    seed=int(g.get("seed", 0)), log=self.log)))
+        return self._sources[source]
+
+    def _source_info(self, source: str) -> dict:
+        from ..checkpoints import sha256_file
+
+        path = self.source_path(source)
+        if source not in self._hashes:
+            self._hashes[source] = sha256_file(path)
+        return {"source": source, "path": str(path), "sha256": self._hashes[source]}
 
     def _data_overrides(self, budget: Any) -> list[str]:
         return [f"data.root={self.data_dir}", f"data.protocol={self.cfg.data.protocol}",
@@ -144,7 +335,14 @@ class Benchmark:
         from ..train.runner import run_teacher_stage
 
         final = self.out / "teachers" / f"{_source_label(source)}-b{budget}"
+        settings = json.loads(json.dumps(teacher_settings(self.cfg, source, budget), default=str))
         if (final / "teacher.pth").is_file():
+            stored = final / "settings.json"
+            diffs = differences(json.loads(stored.read_text()), settings) if stored.is_file() else \
+                ["no settings record (made by an older version)"]
+            if diffs:
+                raise UserError(f"{self.out}: teacher {final.name} was made with other settings "
+                                f"({_describe(diffs)}); use another out= folder, or delete {final}")
             return final / "teacher.pth"
         work = self._fresh(final)
         self.log(f"  teacher stage: {source} (budget {budget})")
@@ -154,6 +352,7 @@ class Benchmark:
                                   f"teacher.source={self.source_path(source)}", f"teacher.bn={self.cfg.teacher.bn}",
                                   f"run.dir={work}", *self._data_overrides(budget)])
         self._timed("teacher stage", lambda: run_teacher_stage(cfg))
+        write_json(work / "settings.json", {**settings, "fingerprint": fingerprint(settings)})
         os.replace(work, final)
         return final / "teacher.pth"
 
@@ -169,6 +368,24 @@ class Benchmark:
         work.mkdir(parents=True)
         return work
 
+    def random_backbone(self, work: Path, seed: int) -> tuple[Path, str]:
+        """The student architecture, randomly initialised from ``seed`` (global RNG untouched), saved."""
+        import torch
+
+        from ..backbones import build_backbone
+
+        arch = str(self.cfg.pretrain.backbone.name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            module, _ = build_backbone(arch)
+        return torch_save(module.state_dict(), work / "backbone" / f"random-{arch}-s{seed}.pth"), arch
+
+    def _note_architectures(self, cells: list[Cell]) -> None:
+        arch = str(self.cfg.pretrain.backbone.name)
+        if any(c.kind == "public_init" and c.source == "generic" for c in cells) and str(self.cfg.generic.arch) != arch:
+            self.log(f"note: public_init students take the public model's architecture ({self.cfg.generic.arch}), "
+                     f"the other students are {arch}")
+
     # --- one cell ------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         from ..evaluation.evaluate import evaluate_dirs
@@ -178,33 +395,43 @@ class Benchmark:
 
         cfg = self.cfg
         final = self.out / "cells" / cell.name
+        settings = json.loads(json.dumps(cell_settings(cfg, cell), default=str))
         times: dict[str, float] = {}
         teacher = None
-        if cell.source is not None:
+        if cell.kind == "distill":
             start = time.time()
             teacher = self.ensure_teacher(cell.source, cell.budget)
             times["teacher"] = time.time() - start
+        source = self._source_info(cell.source) if cell.source is not None else None
         work = self._fresh(final)
-        method = cell.method if cell.variant == "plain" else f"distill_{cell.method}"
-
-        start = time.time()
-        pre = compose("pretrain", [*as_overrides(cfg.pretrain), f"method={method}", *self._method_overrides(cell.method),
-                                   f"run.dir={work / 'pretrain'}", f"run.seed={cell.seed}",
-                                   *self._data_overrides(cell.budget),
-                                   *([f"distill.teacher={teacher}"] if teacher else [])])
-        run_pretrain(pre)
-        ckpt = work / "pretrain" / "checkpoints" / "last.ckpt"
-        times["pretrain"] = time.time() - start
+        backbone: list[Any] = []
+        if cell.kind == "random":
+            ckpt, arch = self.random_backbone(work, cell.seed)
+            backbone = ["--backbone", arch]
+        elif cell.kind == "public":
+            ckpt = self.source_path(cell.source)
+        else:
+            method = f"distill_{cell.method}" if cell.kind == "distill" else cell.method
+            extra = [f"distill.teacher={teacher}"] if cell.kind == "distill" else \
+                [f"backbone.init={self.source_path(cell.source)}"] if cell.kind == "public_init" else []
+            start = time.time()
+            pre = compose("pretrain", [*as_overrides(cfg.pretrain), f"method={method}",
+                                       *self._method_overrides(cell.method),
+                                       f"run.dir={work / 'pretrain'}", f"run.seed={cell.seed}",
+                                       *self._data_overrides(cell.budget), *extra])
+            run_pretrain(pre)
+            ckpt = work / "pretrain" / "checkpoints" / "last.ckpt"
+            times["pretrain"] = time.time() - start
 
         common = ["--protocol", cfg.data.protocol]
         start = time.time()
-        _cli("linear", "--data", self.data_dir, "--out", work / "linear", "--checkpoint", ckpt, *common,
+        _cli("linear", "--data", self.data_dir, "--out", work / "linear", "--checkpoint", ckpt, *backbone, *common,
              "--budget", cell.budget, "--epochs", cfg.linear.epochs, "--image-size", cfg.linear.image_size,
              "--seed", cell.seed)
         times["linear"] = time.time() - start
         start = time.time()
-        _cli("extract", "--data", self.data_dir, "--out", work / "features", "--checkpoint", ckpt, *common,
-             "--image-size", cfg.extract.image_size)
+        _cli("extract", "--data", self.data_dir, "--out", work / "features", "--checkpoint", ckpt, *backbone,
+             *common, "--image-size", cfg.extract.image_size)
         times["extract"] = time.time() - start
         start = time.time()
         t = cfg.temporal
@@ -225,10 +452,15 @@ class Benchmark:
                                          if isinstance(v, dict) and "mean" in v}
         times["evaluate"] = time.time() - start
         linear = json.loads((work / "linear" / "linear.json").read_text())
+        # where the probed backbone lies once the cell folder is final
+        backbone_file = (final / "backbone" / Path(ckpt).name if cell.kind == "random" else Path(ckpt)
+                         if cell.kind == "public" else final / "pretrain" / "checkpoints" / "last.ckpt")
         result = {"cell": cell.name, "method": cell.method, "variant": cell.variant, "budget": cell.budget,
                   "seed": cell.seed, "teacher_source": cell.source, "teacher": str(teacher) if teacher else None,
+                  "public_model": source, "backbone": str(backbone_file),
                   "linear": {k: linear.get(k) for k in ("val_acc", "test_acc")},
-                  "temporal": json_ready(evaluation), "seconds": times}
+                  "temporal": json_ready(evaluation), "seconds": times,
+                  "settings": settings, "fingerprint": fingerprint(settings)}
         write_json(work / "result.json", result, default=str)
         if final.exists():
             shutil.rmtree(final)
@@ -237,10 +469,13 @@ class Benchmark:
 
     # --- all cells -----------------------------------------------------------------------
     def run(self) -> tuple[list[dict], dict[str, str]]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text(self.out / "benchmark.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-        self.ensure_data()
         cells = plan_cells(self.cfg)
+        self.out.mkdir(parents=True, exist_ok=True)
+        plan_changes = self.check_config()
+        self.check_cells(cells)
+        self.record_config(plan_changes)
+        self._note_architectures(cells)
+        self.ensure_data()
         results, failures, computed = [], {}, set()
         for i, cell in enumerate(cells, 1):
             done = self.out / "cells" / cell.name / "result.json"
@@ -248,7 +483,8 @@ class Benchmark:
                 self.log(f"[{i}/{len(cells)}] {cell.name}: done earlier, kept")
                 results.append(json.loads(done.read_text()))
                 continue
-            self.log(f"[{i}/{len(cells)}] {cell.name}: pretrain -> linear -> features -> temporal -> evaluate")
+            stages = "linear" if cell.frozen else "pretrain -> linear"
+            self.log(f"[{i}/{len(cells)}] {cell.name}: {stages} -> features -> temporal -> evaluate")
             start = time.time()
             try:
                 results.append(self.run_cell(cell))
