@@ -80,6 +80,9 @@ def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
             raise UserError(f"distill: {exc}") from None
         require(cfg, "distill.teacher", f"{resolved.name} distils from a teacher checkpoint "
                                         f"(make one with `solo-surgical teacher`)")
+        if global_batch_size(cfg) < 2:
+            raise UserError(f"distill: the relational KL relates each image to the others of its global batch; "
+                            f"it needs at least 2 images (data.batch_size x devices x nodes), got {global_batch_size(cfg)}")
         if 0 < dcfg.memory_size < global_batch_size(cfg):
             raise UserError(f"distill.memory_size={dcfg.memory_size} is smaller than the global batch "
                             f"{global_batch_size(cfg)}; it must hold at least one batch")

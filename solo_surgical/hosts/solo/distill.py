@@ -54,6 +54,9 @@ def add_and_assert_distill_cfg(cfg: DictConfig) -> DictConfig:
     if not os.path.isfile(dcfg.teacher):
         raise UserError(f"distill.teacher={dcfg.teacher}: teacher checkpoint file not found")
     batch = global_batch(cfg)
+    if batch < 2:
+        raise UserError(f"distill: the relational KL relates each image to the others of its global batch; "
+                        f"it needs at least 2 images (optimizer.batch_size x devices x nodes), got {batch}")
     if 0 < dcfg.memory_size < batch:
         raise UserError(f"distill.memory_size={dcfg.memory_size} is smaller than the global batch {batch} "
                         f"(optimizer.batch_size x devices x nodes); it must hold at least one batch")
