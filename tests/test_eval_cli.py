@@ -101,3 +101,20 @@ def test_non_integer_window_is_an_error(tmp_path, capsys):
     args[args.index("--fps") + 1] = "0.15"
     assert main(args) == 2
     assert "whole number" in capsys.readouterr().err
+
+
+def test_random_init_is_seeded_and_the_same_for_linear_and_extract():
+    # `linear --backbone X` and `extract --backbone X` must see the same random network for the same
+    # --init-seed, and another seed must give another network (so the check can fail)
+    import torch
+
+    from solo_surgical.evaluation.features import load_backbone
+
+    before = torch.random.get_rng_state()
+    a = load_backbone(None, "tiny", 3)[0].state_dict()
+    b = load_backbone(None, "tiny", 3)[0].state_dict()
+    c = load_backbone(None, "tiny", 4)[0].state_dict()
+    assert torch.equal(before, torch.random.get_rng_state())  # the global generator is left alone
+    weights = [k for k in a if k.endswith("weight") and a[k].dim() == 4]  # conv kernels (BatchNorm starts at 1)
+    assert len(weights) == 4 and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], c[k]) for k in weights)

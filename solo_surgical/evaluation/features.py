@@ -68,20 +68,26 @@ def load_feature_dir(folder: str | Path) -> tuple[dict[str, FeatureFile], dict]:
     return files, index
 
 
-def load_backbone(checkpoint: str | None, backbone: str | None):
+def load_backbone(checkpoint: str | None, backbone: str | None, init_seed: int = 0):
     """``(module, feature_dim, name, layout)`` from a checkpoint (any layout of
-    :mod:`solo_surgical.checkpoints`) or a registered backbone name (random init, for smoke runs)."""
+    :mod:`solo_surgical.checkpoints`) or a registered backbone name (random init, seeded by
+    ``init_seed`` without touching the global generator: ``linear`` and ``extract`` given the same
+    seed see the same random network)."""
     from ..backbones import build_backbone
     from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file
 
     if checkpoint is None:
         if backbone is None:
             raise UserError("give --checkpoint, or --backbone for a randomly initialised one")
+        import torch
+
         try:
-            module, dim = build_backbone(backbone)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                module, dim = build_backbone(backbone)
         except KeyError as exc:
             raise UserError(str(exc).strip("'\"")) from None
-        return module, dim, backbone, "random-init"
+        return module, dim, backbone, f"random-init (seed {init_seed})"
     obj = load_file(checkpoint)
     state, layout = extract_backbone_state(obj, checkpoint)
     name = backbone
@@ -141,7 +147,7 @@ class _RecordImages:
 def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backbone: str | None,
             fps: float | None = None, parts: Sequence[str] = ("train", "val", "test"),
             protocol: str | None = None, image_size: int = 224, batch_size: int = 64,
-            num_workers: int = 0, device: str = "cpu", log=print) -> dict:
+            num_workers: int = 0, device: str = "cpu", log=print, init_seed: int = 0) -> dict:
     """Write one feature file per video of the chosen parts; returns the index."""
     import torch
     from torch.utils.data import DataLoader
@@ -149,7 +155,7 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
     from ..data.datasets import PreparedData
 
     data = PreparedData(data_dir)
-    module, dim, name, layout = load_backbone(checkpoint, backbone)
+    module, dim, name, layout = load_backbone(checkpoint, backbone, init_seed)
     module.eval().to(device)
     videos = sorted({v for part in parts for v in data.part(part, protocol)})
     if not videos:
@@ -182,7 +188,7 @@ def run_extract(args: Any) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     extract(args.data, args.out, args.checkpoint, args.backbone, args.fps, args.parts.split(","),
-            args.protocol, args.image_size, args.batch_size, args.workers, args.device)
+            args.protocol, args.image_size, args.batch_size, args.workers, args.device, init_seed=args.init_seed)
     return 0
 
 
@@ -196,6 +202,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="our pretraining/linear checkpoint, a teacher checkpoint, "
                                         "a torchvision or MoCo v2 state dict")
     p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random init (--backbone alone)")
     p.add_argument("--fps", type=float, help="sample this many frames per second (default: all prepared)")
     p.add_argument("--parts", default="train,val,test", help="comma-separated parts (default: all)")
     p.add_argument("--protocol", help="split scheme of the dataset (default: its first)")
