@@ -217,7 +217,7 @@ def test_cell_settings_hold_what_changes_a_cell(tmp_path):
     plain = cell_settings(cfg, Cell("mocov2plus", "plain", 1.0, 0))
     distill = cell_settings(cfg, Cell("mocov2plus", "distill", 1.0, 0, "generic"))
     assert "pretrain" not in random and random["random"] == {"arch": "tiny"}
-    assert "pretrain" not in public and public["source"]["generic"]["steps"] == 5
+    assert "pretrain" not in public and public["source"]["generic"]["scenes"] == 64
     assert "teacher" not in plain and "source" not in plain and plain["method_overrides"]
     assert distill["teacher"]["method"] == "mocov2plus" and distill["source"] == public["source"]
     # the plan does not change a cell; a probe setting does
@@ -236,9 +236,9 @@ def test_config_refusal_names_the_keys_and_a_new_plan_is_kept(tmp_path):
     first.record_config(first.check_config())
     original = (out / "benchmark.yaml").read_text()
     with pytest.raises(UserError) as info:
-        Benchmark(_bench_cfg(out, "temporal.epochs=9", "generic.steps=7")).check_config()
+        Benchmark(_bench_cfg(out, "temporal.epochs=9", "generic.epochs=2")).check_config()
     message = str(info.value)
-    assert str(out) in message and "temporal.epochs: 2 -> 9" in message and "generic.steps: 5 -> 7" in message
+    assert str(out) in message and "temporal.epochs: 2 -> 9" in message and "generic.epochs: 1 -> 2" in message
     assert (out / "benchmark.yaml").read_text() == original
     # another plan (more seeds) is allowed; the previous config is kept, not overwritten
     logged = []
@@ -284,3 +284,25 @@ def test_random_backbone_is_seeded_by_the_cell_seed(tmp_path):
     assert arch == "tiny" and a.name == "random-tiny-s0.pth"
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["features.0.weight"], sc["features.0.weight"])
+
+
+def test_a_finished_teacher_is_reused_by_the_next_cell(demo, cache, monkeypatch):
+    # every distill cell after the first reads the teacher made for its (source, budget): its settings
+    # record must match, or every seed after the first would fail
+    out, _ = demo
+    from solo_surgical.benchmark.run import Benchmark
+
+    monkeypatch.setenv("SOLO_SURGICAL_CACHE", str(cache))
+    bench = Benchmark(_bench_cfg(out, "methods=[mocov2plus]", "public_init_methods=[mocov2plus]"), log=lambda m: None)
+    bench.ensure_data()
+    teacher = out / "teachers" / "generic-b1.0" / "teacher.pth"
+    before = teacher.stat().st_mtime_ns
+    assert bench.ensure_teacher("generic", 1.0) == teacher
+    # the generic public model's sidecar records its probe on the surgical frames, equal to the public cell's
+    sidecar = json.loads(bench.source_path("generic").with_suffix(".json").read_text())
+    public = json.loads((out / "cells" / "frozen-public-b1.0-s0" / "result.json").read_text())
+    assert sidecar["surgical_probe"]["linear_test_acc_mean_over_seeds"] == {"1.0": round(public["linear"]["test_acc"], 2)}
+    assert set(sidecar["heldout"]) == {"main-object", "main-colour", "background-hue", "texture", "other-objects"}
+    assert teacher.stat().st_mtime_ns == before  # reused, not retrained
+    with pytest.raises(UserError, match="other settings"):
+        Benchmark(_bench_cfg(out, "teacher.bn=recompute"), log=lambda m: None).ensure_teacher("generic", 1.0)

@@ -312,10 +312,9 @@ class Benchmark:
             else:
                 from ..train.generic_model import cached_generic_model
 
-                g = self.cfg.generic
+                settings = _plain(self.cfg.generic)
                 self._sources[source] = Path(self._timed("generic public model", lambda: cached_generic_model(
-                    arch=str(g.arch), steps=int(g.steps), image_size=int(g.image_size),
-                    seed=int(g.get("seed", 0)), log=self.log)))
+                    **settings, log=self.log)))
         return self._sources[source]
 
     def _source_info(self, source: str) -> dict:
@@ -338,7 +337,9 @@ class Benchmark:
         settings = json.loads(json.dumps(teacher_settings(self.cfg, source, budget), default=str))
         if (final / "teacher.pth").is_file():
             stored = final / "settings.json"
-            diffs = differences(json.loads(stored.read_text()), settings) if stored.is_file() else \
+            recorded = {k: v for k, v in json.loads(stored.read_text()).items() if k != "fingerprint"} \
+                if stored.is_file() else None
+            diffs = differences(recorded, settings) if recorded is not None else \
                 ["no settings record (made by an older version)"]
             if diffs:
                 raise UserError(f"{self.out}: teacher {final.name} was made with other settings "
@@ -410,6 +411,8 @@ class Benchmark:
             backbone = ["--backbone", arch]
         elif cell.kind == "public":
             ckpt = self.source_path(cell.source)
+            if cell.source == "generic":  # a non-ResNet generic model's architecture is not in its keys
+                backbone = ["--backbone", str(cfg.generic.arch)]
         else:
             method = f"distill_{cell.method}" if cell.kind == "distill" else cell.method
             extra = [f"distill.teacher={teacher}"] if cell.kind == "distill" else \
@@ -505,4 +508,21 @@ class Benchmark:
                     if stage != "teacher":
                         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
         write_json(self.out / "timings.json", {k: round(v, 1) for k, v in self.stage_seconds.items()})
+        self.record_public_probe(results)
         return results, failures
+
+    def record_public_probe(self, results: list[dict]) -> None:
+        """Write the generic public model's probe on these surgical frames into its sidecar."""
+        probes = [r for r in results if r["variant"].split("@")[0] == "public" and r.get("teacher_source") == "generic"]
+        if not probes or "generic" not in self._sources:
+            return
+        from ..train.generic_model import record_probe
+
+        per_budget: dict[str, list[float]] = {}
+        for r in probes:
+            if r["linear"].get("test_acc") is not None:
+                per_budget.setdefault(str(r["budget"]), []).append(float(r["linear"]["test_acc"]))
+        record_probe(self._sources["generic"], {
+            "benchmark": str(self.out), "data": str(self.data_dir), "protocol": str(self.cfg.data.protocol),
+            "linear_test_acc_mean_over_seeds": {b: round(sum(v) / len(v), 2) for b, v in per_budget.items()},
+            "seeds": sorted({int(r["seed"]) for r in probes})})

@@ -66,6 +66,10 @@ def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
         raise UserError(f"the teacher stage trains a plain method, not {resolved.name}")
     if backbone_module is None and cfg.backbone.init:
         backbone_module, arch, _ = load_public_backbone(str(cfg.backbone.init), str(cfg.backbone.name))
+        if arch != str(cfg.backbone.name):
+            # training another architecture than config.yaml records would be a silent wrong result
+            raise UserError(f"backbone.init={cfg.backbone.init} holds a {arch}, but backbone.name={cfg.backbone.name}; "
+                            f"set backbone.name={arch}")
     model = resolved.cls(
         backbone=arch or str(cfg.backbone.name),
         hparams=OmegaConf.to_container(cfg.method.kwargs, resolve=True),
