@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _write(path: str | Path, mode: str, fill: Callable[[IO], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a file made by open() would get 0666 minus the umask, so colleagues
+        # sharing a results folder can read it. Give the result those permissions.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
             fill(handle)
         os.replace(tmp, path)

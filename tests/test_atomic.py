@@ -24,3 +24,17 @@ def test_round_trips(tmp_path):
     assert json.loads(write_json(tmp_path / "d.json", {"a": [1, 2]}).read_text()) == {"a": [1, 2]}
     saved = torch_save({"x": torch.arange(3)}, tmp_path / "m.pt")
     assert torch.equal(torch.load(saved)["x"], torch.arange(3))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_respect_the_umask(tmp_path, umask):
+    import os
+
+    old = os.umask(umask)
+    try:
+        path = write_text(tmp_path / f"r{umask:o}.txt", "x")
+        expected = 0o666 & ~umask
+        (tmp_path / "plain.txt").write_text("x")  # what open() would have made
+        assert (path.stat().st_mode & 0o777) == expected == ((tmp_path / "plain.txt").stat().st_mode & 0o777)
+    finally:
+        os.umask(old)
