@@ -101,3 +101,18 @@ def test_a_global_batch_of_one_is_refused(teacher):
     q = student(x)
     with pytest.raises(ValueError, match="at least 2 images"):
         head((x, x), (q, q), (q.detach(), q.detach()))
+
+
+def test_a_distilled_run_with_a_global_batch_of_one_is_refused_before_any_work(tmp_path, image_dir, teacher_ckpt):
+    from conftest import tiny_cfg
+
+    from solo_surgical.errors import UserError
+    from solo_surgical.train.runner import build_model
+
+    cfg = tiny_cfg("pretrain", "distill_simclr", tmp_path / "run", image_dir, "data.batch_size=1",
+                   f"distill.teacher={teacher_ckpt}")
+    with pytest.raises(UserError, match=r"at least 2 images \(data.batch_size x devices x nodes\), got 1"):
+        build_model(cfg)
+    assert not (tmp_path / "run").exists()
+    build_model(tiny_cfg("pretrain", "distill_simclr", tmp_path / "run", image_dir, "data.batch_size=2",
+                         f"distill.teacher={teacher_ckpt}"))  # two images are enough

@@ -370,22 +370,20 @@ class Benchmark:
         return work
 
     def random_backbone(self, work: Path, seed: int) -> tuple[Path, str]:
-        """The student architecture, randomly initialised from ``seed`` (global RNG untouched), saved."""
-        import torch
+        """The student architecture, randomly initialised from ``seed`` (global RNG untouched), saved.
 
-        from ..backbones import build_backbone
+        The same seeded init as ``linear`` / ``extract --backbone ARCH --init-seed SEED``."""
+        from ..evaluation.features import load_backbone
 
         arch = str(self.cfg.pretrain.backbone.name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            module, _ = build_backbone(arch)
+        module = load_backbone(None, arch, int(seed))[0]
         return torch_save(module.state_dict(), work / "backbone" / f"random-{arch}-s{seed}.pth"), arch
 
     def _note_architectures(self, cells: list[Cell]) -> None:
         arch = str(self.cfg.pretrain.backbone.name)
         if any(c.kind == "public_init" and c.source == "generic" for c in cells) and str(self.cfg.generic.arch) != arch:
-            self.log(f"note: public_init students take the public model's architecture ({self.cfg.generic.arch}), "
-                     f"the other students are {arch}")
+            self.log(f"note: the public model is a {self.cfg.generic.arch} but the students are {arch}: "
+                     f"pretraining refuses backbone.init of another architecture, so public_init cells will fail")
 
     # --- one cell ------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:

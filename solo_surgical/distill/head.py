@@ -59,6 +59,26 @@ class DistillConfig:
         return asdict(self)
 
 
+def check_global_batch(config: DistillConfig, batch: int, made_of: str) -> None:
+    """Refuse a global batch the relational KL cannot use, before any work.
+
+    Args:
+        config: the distillation settings.
+        batch: the global batch (images per step over every rank).
+        made_of: how the host computes it, for the message (e.g. ``"data.batch_size x devices x nodes"``).
+
+    Raises:
+        ValueError: a batch of fewer than 2 images (nothing to relate to), or a positive memory
+            smaller than the batch (it must hold at least one batch).
+    """
+    if batch < 2:
+        raise ValueError(f"distill: the relational KL relates each image to the others of its global batch; "
+                         f"it needs at least 2 images ({made_of}), got {batch}")
+    if 0 < config.memory_size < batch:
+        raise ValueError(f"distill.memory_size={config.memory_size} is smaller than the global batch {batch} "
+                         f"({made_of}); it must hold at least one batch")
+
+
 # name -> (ssl_weight, distill_weight)
 WEIGHT_PRESETS: dict[str, tuple[float, float]] = {
     "default": (1.0, 1.0),

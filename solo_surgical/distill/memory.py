@@ -55,6 +55,16 @@ def gather_across_ranks(tensor: Tensor, return_offset: bool = False) -> Union[Te
     return gathered, sum(counts[: dist.get_rank()])
 
 
+@torch.no_grad()
+def next_ring_slots(pointer: Tensor, count: int, size: int) -> Tensor:
+    """The ``count`` slots a FIFO ring of ``size`` slots writes next (oldest first, wrapping), and
+    advance ``pointer`` (a () long buffer, updated in place) past them. ``count <= size`` is the
+    caller's check: a larger write would overwrite itself."""
+    slots = (pointer + torch.arange(count, device=pointer.device)) % size
+    pointer.copy_((pointer + count) % size)
+    return slots
+
+
 class AlignedMemory(nn.Module):
     """Two ring buffers (student keys, teacher keys) sharing one write pointer.
 
@@ -114,8 +124,7 @@ class AlignedMemory(nn.Module):
                 f"distillation memory of {self.size} slots cannot hold a global batch of {n} keys; "
                 f"set distill.memory_size >= {n} (or 0 to disable the memory)"
             )
-        slots = (self.pointer + torch.arange(n, device=self.pointer.device)) % self.size
+        slots = next_ring_slots(self.pointer, n, self.size)
         self.student_keys[slots] = student_keys.to(self.student_keys.dtype)
         self.teacher_keys[slots] = teacher_keys.to(self.teacher_keys.dtype)
-        self.pointer.copy_((self.pointer + n) % self.size)
         self.filled.copy_(torch.clamp(self.filled + n, max=self.size))

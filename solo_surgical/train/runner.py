@@ -16,7 +16,7 @@ from ..atomic import torch_save
 from ..backbones import build_backbone
 from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file, sha256_file
 from ..data.images import ImageFolderDataset, generate_images
-from ..distill import DistillationHead, DistillConfig, load_teacher, save_teacher_checkpoint
+from ..distill import DistillationHead, DistillConfig, check_global_batch, load_teacher, save_teacher_checkpoint
 from ..errors import UserError
 from ..methods import resolve_method
 from .config import global_batch_size, require, save_config
@@ -84,12 +84,10 @@ def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
             raise UserError(f"distill: {exc}") from None
         require(cfg, "distill.teacher", f"{resolved.name} distils from a teacher checkpoint "
                                         f"(make one with `solo-surgical teacher`)")
-        if global_batch_size(cfg) < 2:
-            raise UserError(f"distill: the relational KL relates each image to the others of its global batch; "
-                            f"it needs at least 2 images (data.batch_size x devices x nodes), got {global_batch_size(cfg)}")
-        if 0 < dcfg.memory_size < global_batch_size(cfg):
-            raise UserError(f"distill.memory_size={dcfg.memory_size} is smaller than the global batch "
-                            f"{global_batch_size(cfg)}; it must hold at least one batch")
+        try:
+            check_global_batch(dcfg, global_batch_size(cfg), "data.batch_size x devices x nodes")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         teacher = load_teacher(dcfg.teacher, input_mean=cfg.data.mean, input_std=cfg.data.std)
         model.distill = DistillationHead(teacher, model.hp.proj_output_dim, dcfg)
     return model

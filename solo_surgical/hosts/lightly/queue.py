@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...distill.memory import gather_across_ranks
+from ...distill.memory import gather_across_ranks, next_ring_slots
 from ...errors import UserError
 
 
@@ -82,9 +82,7 @@ class KeyQueue(nn.Module):
         if n > self.size:
             raise UserError(f"MoCo queue of {self.size} keys cannot hold a global batch of {n}; "
                             f"set method.kwargs.queue_size >= {n}")
-        slots = (self.pointer + torch.arange(n, device=self.pointer.device)) % self.size
-        self.keys[:, slots] = batch
-        self.pointer.copy_((self.pointer + n) % self.size)
+        self.keys[:, next_ring_slots(self.pointer, n, self.size)] = batch
 
 
 def moco_infonce(query: Tensor, key: Tensor, negatives: Tensor, temperature: float) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ...distill import DistillationHead, DistillConfig, load_teacher
+from ...distill import DistillationHead, DistillConfig, check_global_batch, load_teacher
 from ...errors import UserError
 from .common import Captured, CropCapture, crop_size, global_batch, input_normalisation, select
 
@@ -53,13 +53,10 @@ def add_and_assert_distill_cfg(cfg: DictConfig) -> DictConfig:
                         f"(make one with method=teacher_{base} teacher.source=PUBLIC_BACKBONE)")
     if not os.path.isfile(dcfg.teacher):
         raise UserError(f"distill.teacher={dcfg.teacher}: teacher checkpoint file not found")
-    batch = global_batch(cfg)
-    if batch < 2:
-        raise UserError(f"distill: the relational KL relates each image to the others of its global batch; "
-                        f"it needs at least 2 images (optimizer.batch_size x devices x nodes), got {batch}")
-    if 0 < dcfg.memory_size < batch:
-        raise UserError(f"distill.memory_size={dcfg.memory_size} is smaller than the global batch {batch} "
-                        f"(optimizer.batch_size x devices x nodes); it must hold at least one batch")
+    try:
+        check_global_batch(dcfg, global_batch(cfg), "optimizer.batch_size x devices x nodes")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return cfg
 
 
