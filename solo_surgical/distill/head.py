@@ -122,13 +122,18 @@ class DistillationHead(nn.Module):
             rank order) and the K' <= K keys in memory.
         """
         t1, t2 = self.teacher_embeddings(*views)
+        # Relations in fp32 even under mixed precision: a bf16 similarity (8-bit mantissa) divided
+        # by tau = 0.2 is off by up to ~0.02 in the logits, and the term is tiny next to the backbones.
+        t1, t2 = t1.float(), t2.float()
+        queries = (queries[0].float(), queries[1].float())
         # One collective: (N, .) global batch of both views' student keys and teacher embeddings.
-        (k1, k2, g1, g2), offset = gather_keys([keys[0], keys[1], t1, t2])
-        loss = symmetric_relational_kl(
-            queries, (k1, k2), self.memory.student(), (g1, g2), self.memory.teacher(),
-            self.config.student_temperature, self.config.teacher_temperature, self.config.symmetric,
-            key_offset=offset,
-        )
+        (k1, k2, g1, g2), offset = gather_keys([keys[0].float(), keys[1].float(), t1, t2])
+        with torch.autocast(t1.device.type, enabled=False):
+            loss = symmetric_relational_kl(
+                queries, (k1, k2), self.memory.student(), (g1, g2), self.memory.teacher(),
+                self.config.student_temperature, self.config.teacher_temperature, self.config.symmetric,
+                key_offset=offset,
+            )
         if self.training if update_memory is None else update_memory:
             # Memory is updated after the loss (MoCo's convention): an image is never in the memory
             # during its own step. The keys are already gathered, so every rank writes the same slots.

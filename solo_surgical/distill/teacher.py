@@ -33,7 +33,7 @@ class FrozenTeacher(nn.Module):
       parameters never see them);
     * :meth:`train` is overridden: the module stays in eval mode when Lightning calls
       ``model.train()`` on the student;
-    * :meth:`forward` runs under ``torch.no_grad()``.
+    * :meth:`forward` runs under ``torch.inference_mode()`` (returns an ordinary tensor).
 
     If the data pipeline normalises images with statistics other than the teacher's own,
     the images are re-normalised (an exact per-channel affine map) before the backbone.
@@ -69,16 +69,23 @@ class FrozenTeacher(nn.Module):
         # a frozen teacher must keep using (and never update) its BatchNorm statistics.
         return super().train(False)
 
-    @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) images -> (B, Dt) teacher embeddings (not normalised)."""
+        """(B, 3, H, W) images -> (B, Dt) teacher embeddings (not normalised), without gradient.
+
+        Runs under ``torch.inference_mode`` (no autograd bookkeeping at all) and in the caller's
+        autocast dtype (bf16 under Lightning's ``bf16-mixed``). The output is cloned outside
+        inference mode: inference tensors may not be saved for backward nor written in place
+        later, and the clone of (B, Dt) costs nothing next to the backbone.
+        """
         # Lightning may restore saved per-module modes by assigning `.training` directly,
         # bypassing train(); re-pin eval mode where it matters, at the forward.
         for module in self.modules():
             module.training = False
-        if self._renormalise:
-            images = images * self._scale + self._shift
-        return self.projector(self.backbone(images))
+        with torch.inference_mode():
+            if self._renormalise:
+                images = images * self._scale + self._shift
+            out = self.projector(self.backbone(images))
+        return out.clone()
 
 
 def save_teacher_checkpoint(path: str | Path, *, arch: str, backbone: nn.Module, projector: nn.Module,

@@ -147,13 +147,16 @@ class _RecordImages:
 def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backbone: str | None,
             fps: float | None = None, parts: Sequence[str] = ("train", "val", "test"),
             protocol: str | None = None, image_size: int = 224, batch_size: int = 64,
-            num_workers: int = 0, device: str = "cpu", log=print, init_seed: int = 0) -> dict:
+            num_workers: int = 0, device: str = "auto", log=print, init_seed: int = 0) -> dict:
     """Write one feature file per video of the chosen parts; returns the index."""
     import torch
     from torch.utils.data import DataLoader
 
     from ..data.datasets import PreparedData
 
+    from ..train.devices import resolve_device
+
+    device = resolve_device(device)  # "auto" -> cuda when available, else cpu
     data = PreparedData(data_dir)
     module, dim, name, layout = load_backbone(checkpoint, backbone, init_seed)
     module.eval().to(device)
@@ -210,5 +213,5 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=run_extract)

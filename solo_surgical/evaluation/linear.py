@@ -89,7 +89,10 @@ def run_linear(args: Any) -> int:
     from ..data.datasets import LabeledFrames, PreparedData, parse_budget
     from .labels import write_phase_file
 
+    from ..train.devices import resolve_device
+
     torch.set_num_threads(max(1, args.threads))
+    args.device = resolve_device(args.device)  # "auto" -> cuda when available, else cpu
     data = PreparedData(args.data)
     protocol = args.protocol or _default_protocol(data.manifest["dataset"])
     module, dim, name, layout = load_backbone(args.checkpoint, args.backbone, args.init_seed)
@@ -194,7 +197,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--budget-seed", type=int, default=0, help="seed of the video subset (default 0)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=_run)
 
 
