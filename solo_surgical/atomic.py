@@ -30,8 +30,10 @@ def _write(path: str | Path, mode: str, fill: Callable[[IO], None]) -> Path:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
             fill(handle)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk fails in write(), which names no file: name ours
         raise
     return path
 

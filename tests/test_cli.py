@@ -92,12 +92,18 @@ def test_resume_restores_memories_and_nan_loses_nothing(capsys, tmp_path, image_
     assert second["global_step"] == 8 and int(second["state_dict"]["distill.memory.pointer"]) == 64 % 24
     assert int(second["state_dict"]["queue.pointer"]) == (8 * 8) % 24
     assert len(list((tmp_path / "run" / "logs").glob("version_*/metrics.csv"))) == 2  # first log kept
-    # a diverging relaunch in the same run folder ends with one line naming the cause, and the
-    # checkpoint already on disk is untouched (a resume would restore the saved lr, hence a fresh launch)
+    # a fresh launch into the same run folder is refused before any work (resume or overwrite it),
+    # and the checkpoint already on disk is untouched
     before = _sha(last)
-    code, _, err = _run(capsys, *common, "optimizer.lr=nan")
-    assert code == 2 and "non-finite loss" in _error_line(err)
+    code, _, err = _run(capsys, *common)
+    assert code == 2 and "already holds a run" in _error_line(err) and "run.resume=last" in _error_line(err)
     assert _sha(last) == before
+    # a diverging run ends with one line naming the cause (optimizer.lr=nan itself is refused up front)
+    diverging = [a for a in common if not a.startswith("run.dir=")] + [f"run.dir={tmp_path / 'diverging'}"]
+    code, _, err = _run(capsys, *diverging, "optimizer.lr=1e30")
+    assert code == 2 and "non-finite loss" in _error_line(err)
+    code, _, err = _run(capsys, *diverging, "optimizer.lr=nan", "run.overwrite=true")
+    assert code == 2 and "optimizer.lr=nan: must be a finite number > 0" in _error_line(err)
 
 
 @pytest.mark.slow

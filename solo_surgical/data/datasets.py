@@ -79,8 +79,12 @@ class PreparedData:
             raise UserError(f"{path}: no manifest; run 'solo-surgical prepare' first")
         try:
             self.manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: malformed manifest ({exc})") from None
+        missing = [k for k in ("dataset", "phases", "videos") if not isinstance(self.manifest, dict)
+                   or k not in self.manifest]
+        if missing:
+            raise UserError(f"{path}: malformed manifest (no {', '.join(missing)}); run 'solo-surgical prepare' again")
         self.phases: list[str] = list(self.manifest["phases"])
         self.tools: list[str] = list(self.manifest.get("tools", []))
         self.spec = get_dataset(self.manifest["dataset"], phases=self.phases)
@@ -104,17 +108,40 @@ class PreparedData:
             raise UserError(f"{path}: missing; the prepared folder is incomplete")
         lines = path.read_text().splitlines()[1:]
         records = []
-        for line in lines:
-            k, source, _, phase, *_ = line.split("\t")
-            records.append(FrameRecord(video, int(k), int(source), int(phase), self.root / video / f"{int(k):06d}.jpg"))
+        for number, line in enumerate(lines, start=2):
+            try:
+                k, source, _, phase, *_ = line.split("\t")
+                records.append(FrameRecord(video, int(k), int(source), int(phase),
+                                           self.root / video / f"{int(k):06d}.jpg"))
+            except ValueError:
+                raise UserError(f"{path}: line {number} is not 'frame source_frame time phase' "
+                                f"({line[:60]!r}); run 'solo-surgical prepare' again") from None
         return records
 
 
 def _load(path: Path):
+    """The RGB image at ``path``; a missing, truncated or corrupt file is a :class:`UserError` naming it.
+
+    Raised inside a DataLoader worker, PyTorch re-raises it in the main process, where the error
+    boundary (``solo_surgical.errors``) reduces it to this line again.
+    """
+    return load_rgb(path)
+
+
+def load_rgb(path: Path):
+    """PIL RGB image, decoded now (PIL decodes lazily: a truncated JPEG opens fine and fails here)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"{path}: frame missing; the prepared folder is incomplete (run prepare again)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL: UnidentifiedImageError / "image file is truncated" are OSErrors, some decoders raise
+        # ValueError or SyntaxError on garbage
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: unreadable image ({detail}); replace or delete it") from None
 
 
 def _default_transform(image):

@@ -42,12 +42,9 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        path = self.files[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except Exception as exc:
-            raise UserError(f"{path}: unreadable image ({type(exc).__name__})") from None
+        from .datasets import load_rgb
+
+        image = load_rgb(self.files[index])  # a corrupt file: UserError naming it
         return (self.transform(image) if self.transform else image), index
 
 

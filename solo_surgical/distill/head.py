@@ -9,6 +9,7 @@ batch's view-2 keys. It never touches the host's own loss, optimiser or queue.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -50,8 +51,16 @@ class DistillConfig:
             if self.preset not in WEIGHT_PRESETS:
                 raise ValueError(f"unknown distill.preset {self.preset!r}; known: {', '.join(WEIGHT_PRESETS)}")
             self.ssl_weight, self.weight = WEIGHT_PRESETS[self.preset]
-        if self.student_temperature <= 0 or self.teacher_temperature <= 0:
-            raise ValueError("distillation temperatures must be > 0")
+        # NaN compares false with everything, so "w < 0" alone would let a NaN weight through, and
+        # the NaN loss it causes would then be blamed on the learning rate
+        for name in ("weight", "ssl_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"distill.{name} must be a finite number >= 0, got {value}")
+        for name in ("student_temperature", "teacher_temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"distill.{name} must be a finite number > 0, got {value}")
         if self.memory_size < 0:
             raise ValueError(f"distill.memory_size must be >= 0, got {self.memory_size}")
 

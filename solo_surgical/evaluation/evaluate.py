@@ -112,6 +112,11 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 def run(args: Any) -> int:
+    # output paths checked before scoring, so a bad one fails at once and nothing is half-written
+    if args.json and Path(args.json).is_dir():
+        raise UserError(f"--json {args.json}: is a folder; give a file path")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise UserError(f"--plots {args.plots}: exists and is not a folder")
     videos = None
     if args.videos:
         from .labels import parse_video_selection

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import argtypes as at
 from ..atomic import torch_save, write_json
 from ..errors import UserError
 
@@ -138,10 +139,9 @@ class _RecordImages:
         return len(self.records)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        from ..data.datasets import load_rgb
 
-        with Image.open(self.records[i].path) as image:
-            return self.transform(image.convert("RGB")), i
+        return self.transform(load_rgb(self.records[i].path)), i  # a corrupt frame: UserError naming it
 
 
 def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backbone: str | None,
@@ -163,7 +163,15 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
     videos = sorted({v for part in parts for v in data.part(part, protocol)})
     if not videos:
         raise UserError(f"{data.root}: no videos in parts {', '.join(parts)}")
+    prepared_fps = prepared_rate(data)
+    if fps is not None and prepared_fps is not None and fps > prepared_fps * (1 + 1e-9):
+        # more frames per second than were prepared cannot be sampled: the file would say fps 5 of 1 fps frames
+        raise UserError(f"--fps {fps:g}: {data.root} holds frames at {prepared_fps:g} fps; "
+                        f"give --fps {prepared_fps:g} or less (or prepare again at a higher rate)")
+    fps = fps if fps is not None else prepared_fps
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     transform = eval_transform(image_size)
     index = {"dataset": data.manifest["dataset"], "phases": data.phases, "fps": fps,
              "backbone": name, "checkpoint": str(checkpoint) if checkpoint else None, "layout": layout,
@@ -186,6 +194,17 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
     return index
 
 
+def prepared_rate(data: Any) -> float | None:
+    """Frames per second of a prepared folder (``manifest.json`` options; None when not recorded)."""
+    from fractions import Fraction
+
+    value = (data.manifest.get("options") or {}).get("fps")
+    try:
+        return float(Fraction(str(value))) if value is not None else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def run_extract(args: Any) -> int:
     import torch
 
@@ -205,13 +224,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="our pretraining/linear checkpoint, a teacher checkpoint, "
                                         "a torchvision or MoCo v2 state dict")
     p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
-    p.add_argument("--init-seed", type=int, default=0, help="seed of the random init (--backbone alone)")
-    p.add_argument("--fps", type=float, help="sample this many frames per second (default: all prepared)")
+    p.add_argument("--init-seed", type=at.non_negative_int, default=0, help="seed of the random init (--backbone alone)")
+    p.add_argument("--fps", type=at.positive_float, help="sample this many frames per second (default: all prepared)")
     p.add_argument("--parts", default="train,val,test", help="comma-separated parts (default: all)")
     p.add_argument("--protocol", help="split scheme of the dataset (default: its first)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--image-size", type=at.image_size, default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
+    p.add_argument("--batch-size", type=at.batch_size, default=64)
+    p.add_argument("--workers", type=at.workers, default=0, help="data loader processes")
+    p.add_argument("--threads", type=at.threads, default=1, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=run_extract)

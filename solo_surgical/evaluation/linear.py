@@ -14,6 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from .. import argtypes as at
 from ..atomic import torch_save, write_json
 from ..errors import UserError
 from .features import eval_transform, load_backbone
@@ -184,19 +185,19 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="backbone checkpoint (any layout 'extract' reads)")
     p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
-    p.add_argument("--init-seed", type=int, default=0, help="seed of the random init (--backbone alone)")
+    p.add_argument("--init-seed", type=at.non_negative_int, default=0, help="seed of the random init (--backbone alone)")
     p.add_argument("--finetune", action="store_true", help="train the backbone too")
     p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80, else the dataset's first)")
     p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (probe, Adam) / 1e-3 (finetune, SGD)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget-seed", type=int, default=0, help="seed of the video subset (default 0)")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=at.int_range(1, 100_000), default=10)
+    p.add_argument("--lr", type=at.positive_float, default=None, help="default 1e-3 (probe, Adam) / 1e-3 (finetune, SGD)")
+    p.add_argument("--weight-decay", type=at.non_negative_float, default=0.0)
+    p.add_argument("--batch-size", type=at.batch_size, default=64)
+    p.add_argument("--image-size", type=at.image_size, default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
+    p.add_argument("--seed", type=at.non_negative_int, default=0)
+    p.add_argument("--budget-seed", type=at.non_negative_int, default=0, help="seed of the video subset (default 0)")
+    p.add_argument("--workers", type=at.workers, default=0)
+    p.add_argument("--threads", type=at.threads, default=1)
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=_run)
 
@@ -204,6 +205,8 @@ def add_parser(subparsers: Any) -> None:
 def _run(args: Any) -> int:
     if args.lr is None:
         args.lr = 1e-3
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a folder")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: checkpoint file not found")
     return run_linear(args)

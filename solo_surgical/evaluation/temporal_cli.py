@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import argtypes as at
 from ..atomic import torch_save, write_json
 from ..errors import UserError
 
@@ -33,6 +34,11 @@ def run_temporal(args: Any) -> int:
     from .temporal import IGNORE, TCNConfig, VideoFeatures, predict, train_tcn
 
     torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if args.gt and not Path(args.gt).is_dir():
+        raise UserError(f"--gt {args.gt}: folder not found")
     files, index = load_feature_dir(args.features)
     phases = list(index["phases"])
     spec = get_dataset(index["dataset"], phases=phases)
@@ -108,19 +114,20 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--features", required=True, help="folder written by 'solo-surgical extract'")
     p.add_argument("--out", required=True)
     p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80)")
-    p.add_argument("--stages", type=int, default=2)
-    p.add_argument("--layers", type=int, default=9)
-    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--stages", type=at.int_range(1, 32), default=2)
+    # layer l has dilation 2^l: beyond ~16 layers the receptive field exceeds any surgery's length
+    p.add_argument("--layers", type=at.int_range(1, 16), default=9)
+    p.add_argument("--channels", type=at.int_range(1, 4096), default=64)
     p.add_argument("--acausal", action="store_true", help="offline model (default: causal, online)")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--smooth-weight", type=float, default=0.15)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=at.probability, default=0.5)
+    p.add_argument("--smooth-weight", type=at.non_negative_float, default=0.15)
+    p.add_argument("--epochs", type=at.int_range(1, 100_000), default=50)
+    p.add_argument("--lr", type=at.positive_float, default=5e-4)
+    p.add_argument("--weight-decay", type=at.non_negative_float, default=0.0)
+    p.add_argument("--seed", type=at.non_negative_int, default=0)
     p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
-    p.add_argument("--budget-seed", type=int, default=0, help="seed of the video subset (default 0)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--budget-seed", type=at.non_negative_int, default=0, help="seed of the video subset (default 0)")
+    p.add_argument("--threads", type=at.threads, default=1)
     p.add_argument("--gt", help="ground-truth label files: write predictions at their frame indices")
     p.add_argument("--plots", action="store_true", help="phase ribbons of the test videos")
     p.set_defaults(func=run_temporal)

@@ -1,12 +1,15 @@
 """Build methods from a config and train them with Lightning (pretraining and teacher stage)."""
 from __future__ import annotations
 
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -17,17 +20,54 @@ from ..backbones import build_backbone
 from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file, sha256_file
 from ..data.images import ImageFolderDataset, generate_images
 from ..distill import DistillationHead, DistillConfig, check_global_batch, load_teacher, save_teacher_checkpoint
-from ..errors import UserError
+from ..errors import UserError, doing
 from ..methods import resolve_method
-from .config import global_batch_size, require, save_config
+from .config import global_batch_size, require
+from .rundir import (CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
+                     start_launch)
+from .validate import validate_config
 from .devices import prepare_model, resolve_run_devices, run_loader_options
+
+
+# Test hook (tests/test_run_folders.py): the N-th checkpoint write of the process stops half-way
+# through its temporary file and waits to be killed, as a kill -9 during that write would find it.
+PAUSE_WRITE_ENV = "SOLO_SURGICAL_TEST_PAUSE_CHECKPOINT_WRITE"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written under a temporary name and renamed: a kill never leaves a torn file."""
 
+    writes = 0
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        torch_save(checkpoint, path)
+        AtomicCheckpointIO.writes += 1
+        with doing("writing a checkpoint"):
+            if os.environ.get(PAUSE_WRITE_ENV) != str(AtomicCheckpointIO.writes):
+                torch_save(checkpoint, path)
+                return
+            from io import BytesIO
+
+            from ..atomic import _write
+
+            def half_then_wait(handle: Any) -> None:
+                buffer = BytesIO()
+                torch.save(checkpoint, buffer)
+                handle.write(buffer.getvalue()[: buffer.tell() // 2])
+                handle.flush()
+                print(f"{PAUSE_WRITE_ENV}: paused writing {path}", file=sys.stderr, flush=True)
+                time.sleep(3600)
+
+            _write(path, "wb", half_then_wait)
+
+
+class RunMetadata(Callback):
+    """Records the method and backbone in every checkpoint, so a resume can refuse another one."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[META_KEY] = dict(self.meta)
 
 
 def method_transform(method_name: str, cfg: DictConfig):
@@ -119,16 +159,6 @@ def train_loader(cfg: DictConfig, run_dir: Path) -> DataLoader:
                       generator=generator, **options.kwargs())
 
 
-def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[str]:
-    resume = cfg.run.resume
-    if resume is None:
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(str(resume))
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint to resume from not found")
-    return str(path)
-
-
 def _quiet_lightning() -> None:
     """Silence Lightning chatter that says nothing about this run (tips, device banners) and the
     warning about modules in eval mode, which the frozen teacher / backbone are on purpose."""
@@ -138,6 +168,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # a resume writes into its own checkpoint folder on purpose (rundir.py decides when that is allowed)
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def seed_run(cfg: DictConfig) -> None:
@@ -146,55 +178,69 @@ def seed_run(cfg: DictConfig) -> None:
     pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
 
 
-def fit(cfg: DictConfig, model: pl.LightningModule, run_dir: Path) -> pl.Trainer:
-    """Train ``model`` with the run folder layout::
+def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Trainer:
+    """Lightning's Trainer for the run folder; a value Lightning refuses ends in one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-        RUN_DIR/config.yaml            resolved config
-        RUN_DIR/checkpoints/last.ckpt  (+ epoch=NNN.ckpt every run.checkpoint_every_n_epochs)
-        RUN_DIR/logs/version_N/metrics.csv   CSV log (one version per launch, resumes included)
-        RUN_DIR/tensorboard/version_N/       TensorBoard log
+    checkpoint = ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename=CHECKPOINT_FILENAME,
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                                 every_n_epochs=int(cfg.run.checkpoint_every_n_epochs),
+                                 # never last-v1.ckpt: the run folder holds one run (see rundir.py)
+                                 enable_version_counter=False)
+    try:
+        return pl.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            default_root_dir=str(run_dir),
+            # New log versions on resume (logs/version_N): Lightning would otherwise overwrite metrics.csv.
+            logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tensorboard")],
+            callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), RunMetadata(meta)],
+            plugins=[AtomicCheckpointIO()],
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"trainer: {first}") from None
+
+
+def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch) -> pl.Trainer:
+    """Train ``model`` in ``launch.run_dir`` (layout: :mod:`solo_surgical.train.rundir`).
+
+    Everything that can refuse (devices, the loader, the Trainer, the resume checkpoint against the
+    model) is built before the first write to the run folder.
     """
     _quiet_lightning()
+    run_dir = launch.run_dir
+    check_resume_fits(launch, model)
     resolve_run_devices(cfg)  # "auto" -> this machine's accelerator, precision, workers (recorded in config.yaml)
     model = prepare_model(model, str(cfg.trainer.accelerator))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resume_path(cfg, run_dir)
-    save_config(cfg, run_dir / "config.yaml")
     loader = train_loader(cfg, run_dir)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch={epoch:03d}",
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1,
-                                 every_n_epochs=int(cfg.run.checkpoint_every_n_epochs))
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = pl.Trainer(
-        **trainer_kwargs,
-        default_root_dir=str(run_dir),
-        # New log versions on resume (logs/version_N): Lightning would otherwise overwrite metrics.csv.
-        logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tensorboard")],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
-        plugins=[AtomicCheckpointIO()],
-        enable_model_summary=False,
-    )
-    trainer.fit(model, loader, ckpt_path=ckpt_path)
+    trainer = build_trainer(cfg, run_dir, run_meta(cfg, str(cfg.backbone.name)))
+    start_launch(launch, cfg)
+    launch.checkpoint = None  # Lightning reads the file itself; free the copy
+    trainer.fit(model, loader, ckpt_path=str(launch.ckpt_path) if launch.ckpt_path else None)
     return trainer
 
 
 def run_pretrain(cfg: DictConfig) -> Path:
-    run_dir = Path(str(cfg.run.dir))
+    validate_config(cfg, "pretrain")
+    launch = plan_launch(cfg)
     seed_run(cfg)
     model = build_model(cfg)
-    fit(cfg, model, run_dir)
-    return run_dir
+    fit(cfg, model, launch)
+    return launch.run_dir
 
 
 def run_teacher_stage(cfg: DictConfig) -> Path:
     """Freeze a public backbone, train the method's heads on surgical frames, export a teacher."""
     source = require(cfg, "teacher.source", "the public backbone checkpoint (torchvision, MoCo v2 or ours)")
+    validate_config(cfg, "teacher")
     seed_run(cfg)
     backbone, arch, info = load_public_backbone(source, str(cfg.backbone.name))
     OmegaConf.update(cfg, "backbone.name", arch)
+    launch = plan_launch(cfg)
     model = build_model(cfg, freeze_backbone=str(cfg.teacher.bn), backbone_module=backbone, arch=arch)
-    run_dir = Path(str(cfg.run.dir))
-    trainer = fit(cfg, model, run_dir)
+    run_dir = launch.run_dir
+    trainer = fit(cfg, model, launch)
     out = Path(str(cfg.teacher.out)) if cfg.teacher.out else run_dir / "teacher.pth"
     if trainer.global_rank == 0:
         heads = model.embedding_heads()

@@ -164,6 +164,11 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_object, load_public, load_timm, source_meta, write_teacher_init
     from .fetch import check_hashes, fetch, file_digests
 
+    out = Path(args.out).expanduser()
+    if out.is_dir():  # checked before any download or conversion
+        raise UserError(f"--out {out}: is a folder; give the file to write (e.g. {out / 'teacher_init.pth'})")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError(f"--out {out}: {out.parent} is not a folder")
     manifest = _manifest(args)
     path = Path(args.source).expanduser()
     extra: dict[str, Any] = {}
