@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   f"{name if name == 'teacher' else 'pretrain'}.yaml")
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=distill_mocov2plus "
                        "distill.teacher=runs/teacher/teacher.pth data.root=DATA trainer.max_epochs=5")
-        p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        # Hydra's own spelling is `--cfg job`; a bare --cfg followed by an override works too
+        p.add_argument("--cfg", nargs="?", const="job", default=None, metavar="job",
+                       help="print the composed config and exit")
         p.set_defaults(func=func)
 
 
@@ -37,8 +39,11 @@ def _compose_or_print(name: str, args: argparse.Namespace):
 
     from .config import compose
 
-    cfg = compose(name, args.overrides)
-    if args.cfg:
+    overrides = list(args.overrides)
+    if args.cfg is not None and args.cfg not in ("job", "all"):
+        overrides.insert(0, args.cfg)  # `--cfg method=simclr`: argparse took the override as --cfg's value
+    cfg = compose(name, overrides)
+    if args.cfg is not None:
         print(OmegaConf.to_yaml(cfg))
         return None
     return cfg
