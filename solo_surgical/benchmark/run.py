@@ -202,6 +202,15 @@ def cell_settings(cfg: DictConfig, cell: Cell) -> dict:
     return settings
 
 
+DATA_COMPLETE = ".benchmark-complete.json"  # in OUT/data, written after a successful prepare
+
+
+def data_complete(data: Path) -> bool:
+    """Whether ``data`` was prepared completely by the benchmark (not a partial folder left by a
+    run killed during prepare, whose manifest lists only the videos finished so far)."""
+    return (data / DATA_COMPLETE).is_file()
+
+
 def _cli(*argv: str) -> None:
     """Run one of our sub-commands in-process; errors propagate as exceptions."""
     from ..cli import build_parser
@@ -294,13 +303,15 @@ class Benchmark:
             self._timed("synthesize", lambda: _cli("synth", "--out", raw, "--videos", s.videos, "--seconds",
                                                    s.seconds, "--size", s.size, "--seed", s.seed))
         data = self.out / "data"
-        manifest = data / "manifest.json"
-        if manifest.is_file() and not json.loads(manifest.read_text()).get("failed"):
+        if data_complete(data):
             self.data_dir = data  # prepared earlier, completely
             return data
+        # A folder without the marker may be partial (a killed run): prepare resumes it, keeping
+        # finished videos, and the marker is written last, once prepare reported no failure.
         self.log(f"preparing {raw} -> {data} at {cfg.fps} fps, {cfg.size}px")
         self._timed("prepare", lambda: _cli("prepare", "--dataset", cfg.dataset, "--root", raw, "--out", data,
                                             "--fps", cfg.fps, "--size", cfg.size, "--workers", 1))
+        write_json(data / DATA_COMPLETE, {"raw": str(raw), "fps": cfg.fps, "size": cfg.size})
         self.data_dir = data
         return data
 

@@ -23,19 +23,26 @@ Reruns skip finished videos and redo partial ones. Exit status 1 if any video fa
 """
 
 
+# Frames are held whole in memory (and synth renders a world 1.8x the frame): a larger side is a
+# typo, refused here rather than ending in the OOM killer.
+MAX_SIDE = 4096
+
+
 def _size(text: str) -> tuple[int, int] | None:
     try:
         if text in ("0", "none"):
             return None
-        if "x" in text:
+        if "x" in text.lower():
             w, h = (int(v) for v in text.lower().split("x"))
         else:
             w = h = int(text)
         if w <= 0 or h <= 0:
             raise ValueError
-        return w, h
     except ValueError:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected N, WxH or 0") from None
+    if max(w, h) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"size {text!r}: at most {MAX_SIDE} pixels a side")
+    return w, h
 
 
 def _fps(text: str) -> str:
@@ -105,6 +112,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         raise UserError("--keep-aspect takes --size N (the shorter side), not WxH")
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality {args.quality}: expected 1-100")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected at least 1")
     spec = get_dataset(args.dataset, phases=phases)
     opts = Options(fps=args.fps, size=args.size, keep_aspect=args.keep_aspect, quality=args.quality,
                    crop=not args.no_crop)
@@ -126,8 +135,10 @@ def run_synth(args: argparse.Namespace) -> int:
         raise UserError(f"--videos {args.videos}: the Cholec80 layout holds 1 to 80 videos")
     if args.size is None or args.size[0] % 2 or args.size[1] % 2:
         raise UserError("--size must be WxH with even width and height (H.264 4:2:0)")
-    if args.seconds <= 0 or args.fps <= 0:
-        raise UserError("--seconds and --fps must be positive")
+    if not 0 < args.seconds <= 4 * 3600 or not 1 <= args.fps <= 120:
+        raise UserError("--seconds must be in (0, 14400] and --fps in 1-120")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected at least 1")
     cfg = SynthConfig(videos=args.videos, seconds=args.seconds, fps=args.fps, width=args.size[0],
                       height=args.size[1], seed=args.seed)
 

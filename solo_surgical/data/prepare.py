@@ -14,6 +14,13 @@ A video's folder is built as ``DATA/.tmp-<video>-<pid>`` and renamed when comple
 ``DATA/<video>`` folder is always finished; a rerun skips those, removes leftover ``.tmp-*``
 folders and redoes the rest. ``manifest.json`` is rebuilt from the ``video.json`` files after each
 video, so killing the run loses nothing already finished.
+
+One run at a time writes to ``DATA`` (``DATA/.prepare.lock``, see :mod:`.workers`); worker
+processes die with the run. The options (and dataset, phases) of a rerun are checked against the
+manifest *and* every ``video.json``, so a missing or corrupt manifest cannot let two sizes or
+frame rates mix. Labels must cover the video and may run past its last frame by at most one
+second of native frames (off-by-a-few counts in published annotations); longer is an error, as
+is an annotation shorter than the video.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from ..errors import UserError
 from .annotations import StepLabels, read_phases, read_tools
 from .registry import DatasetSpec, VideoSource
 from .video import VideoError, content_box, info, open_video, sample_frames, select_frames
+from .workers import FolderLock, WorkerPool
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -77,12 +85,34 @@ def _load_labels(src: VideoSource, spec_phases: Sequence[str]) -> tuple[StepLabe
     return phases, tools
 
 
-def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequence[str]) -> Result:
-    """Prepare one video into ``out/<name>``; never raises for bad input, returns a Result."""
+def _overrun(labels: StepLabels | None, file: Path | None, src: VideoSource, decoded: int,
+             native_fps: float | None) -> None:
+    """Refuse labels running more than a second of native frames past the video's last frame:
+    they belong to another video or the video was cut, and either way they would be misaligned."""
+    if labels is None:
+        return
+    slack = round(native_fps) if native_fps else 25
+    if labels.last_frame > decoded - 1 + slack:
+        raise UserError(f"{file}: labels run to source frame {labels.last_frame} but {src.video} has only "
+                        f"{decoded} frames (0-{decoded - 1}); wrong annotation file or truncated video?")
+
+
+def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequence[str],
+                dataset: str = "") -> Result:
+    """Prepare one video into ``out/<name>``; never raises for bad input, returns a Result.
+
+    The failure message names the file that failed -- the video, an annotation, or a path in the
+    output folder -- and, for an OS error, what was being done to it."""
     started = time.monotonic()
     tmp = out / f".tmp-{src.name}-{os.getpid()}"
+    doing, target = "read the annotations of", src.phase_file or src.video  # for an OSError's message
+    final = out / src.name
     try:
+        if final.exists() or final.is_symlink():  # finished ones (with video.json) were skipped
+            raise UserError(f"{final}: in the way (not a folder prepare finished: no video.json); move it "
+                            f"away to prepare {src.video.name}")
         phases, tools = _load_labels(src, spec_phases)
+        doing, target = "read the video", src.video
         if opts.crop:
             box = content_box(sample_frames(src.video))
         else:
@@ -93,6 +123,7 @@ def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequenc
         left, top, right, bottom = box
         size = _output_size(opts, right - left, bottom - top)
         shutil.rmtree(tmp, ignore_errors=True)
+        doing, target = "create the video's temporary folder", tmp
         tmp.mkdir(parents=True)
         rows = []
         missing = []
@@ -104,7 +135,9 @@ def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequenc
             image = Image.fromarray(rgb)
             if size is not None and image.size != size:
                 image = image.resize(size, Image.BILINEAR)
-            image.save(tmp / f"{sel.k:06d}.jpg", quality=opts.quality)
+            doing, target = "write a frame", tmp / f"{sel.k:06d}.jpg"
+            image.save(target, quality=opts.quality)
+            doing, target = "read the video", src.video
             phase = -1
             if phases is not None:
                 phase = phases.at(sel.source)
@@ -117,15 +150,20 @@ def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequenc
                 row += [str(v) for v in (present if present is not None else [-1] * len(tools.names))]
             rows.append("\t".join(row))
         meta = stats["info"]
+        _overrun(phases, src.phase_file, src, stats["decoded"], meta.fps)
+        _overrun(tools, src.tool_file, src, stats["decoded"], meta.fps)
         if phases is not None and missing:
             raise UserError(
                 f"{src.phase_file}: labels cover source frames {phases.frames[0]}-{phases.last_frame} "
                 f"but the video has {stats['decoded']} frames ({len(missing)} sampled frames unlabeled)"
             )
         header = ["frame", "source_frame", "time", "phase"] + (list(tools.names) if tools else [])
+        doing, target = "write", tmp / "frames.tsv"
         (tmp / "frames.tsv").write_text("\t".join(header) + "\n" + "\n".join(rows) + "\n")
         entry = {
             "name": src.name,
+            "dataset": dataset,
+            "phases": list(spec_phases),
             "source": str(src.video),
             "phase_file": str(src.phase_file) if phases is not None else None,
             "tool_file": str(src.tool_file) if tools is not None else None,
@@ -143,22 +181,28 @@ def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequenc
             "status": "ok",
             "seconds": round(time.monotonic() - started, 3),
         }
+        doing, target = "write", tmp / "video.json"
         write_json(tmp / "video.json", entry)
-        final = out / src.name
-        if final.exists():  # a folder without video.json is not ours to keep (never a finished one)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        doing, target = "rename the finished folder to", final
+        os.rename(tmp, final)  # not replace: never over something that appeared meanwhile
         return Result(src.name, True, entry=entry, frames=len(rows))
     except VideoError as exc:
         message = f"{src.video}: {exc}"
     except UserError as exc:
         message = " ".join(str(exc).split())
     except OSError as exc:
-        message = f"{src.video}: {exc.strerror or exc}"
+        message = _os_message(exc, doing, target)
     except Exception as exc:  # a bug or an unforeseen input: report it as this video's failure
         message = f"{src.video}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     shutil.rmtree(tmp, ignore_errors=True)
     return Result(src.name, False, message=message)
+
+
+def _os_message(exc: OSError, doing: str, target: Path) -> str:
+    """'<the path the OS refused>: cannot <operation> (<reason>)' -- the path from the error itself
+    when it has one (e.g. a temporary file inside ``target``), else ``target``."""
+    path = exc.filename if exc.filename else target
+    return f"{path}: cannot {doing} ({exc.strerror or type(exc).__name__})"
 
 
 def _options_json(opts: Options) -> dict:
@@ -190,20 +234,40 @@ def write_manifest(out: Path, spec: DatasetSpec, opts: Options, failed: dict[str
     return manifest
 
 
-def _check_compatible(out: Path, spec: DatasetSpec, opts: Options) -> None:
-    path = out / MANIFEST
-    if not path.exists():
-        return
+def _read_record(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when it is not valid JSON or not an object."""
     try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return  # rebuilt from the video folders below
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    except OSError as exc:
+        raise UserError(_os_message(exc, "read", path)) from None
+    return doc if isinstance(doc, dict) else None
+
+
+def _check_compatible(out: Path, spec: DatasetSpec, opts: Options) -> None:
+    """Refuse a rerun whose dataset, phases or options differ from what made ``out``: checked
+    against the manifest and against every finished video's own record, so a missing or corrupt
+    manifest cannot let frames of two sizes or rates mix."""
     want = _options_json(opts)
-    if old.get("dataset") != spec.name or old.get("options") != want or old.get("phases") != list(spec.phases):
-        raise UserError(
-            f"{path}: this folder was prepared with dataset={old.get('dataset')} options={old.get('options')}; "
-            f"rerun with the same options or choose another --out"
-        )
+    records = [(out / MANIFEST, False)] + [(p, True) for p in sorted(out.glob("*/video.json"))
+                                           if not p.parent.name.startswith(".")]
+    for path, per_video in records:
+        if not per_video and not path.exists():
+            continue
+        old = _read_record(path)
+        if old is None:
+            if per_video:  # written atomically, so damaged by something else: do not guess
+                raise UserError(f"{path}: corrupt video record; delete {path.parent} to prepare that video again")
+            continue  # the manifest is rebuilt from the video records
+        differs = old.get("options") != want or old.get("dataset", spec.name) != spec.name \
+            or old.get("phases", list(spec.phases)) != list(spec.phases)
+        if differs:
+            raise UserError(
+                f"{path}: this folder was prepared with dataset={old.get('dataset', '?')} options={old.get('options')}"
+                f"{' phases=' + ','.join(old.get('phases') or []) if old.get('phases') != list(spec.phases) else ''}; "
+                f"rerun with the same options or choose another --out"
+            )
 
 
 class _Progress:
@@ -230,15 +294,35 @@ def prepare(spec: DatasetSpec, root: Path, out: Path, opts: Options, workers: in
     """Prepare every video of ``spec`` under ``root`` into ``out``. Returns (manifest, failures).
 
     Failures are ``{video name: one-line message}``, each also printed to stderr as it happens.
+    Bad input for the whole run (no videos, ``out`` not a folder or not writable, another run
+    holding ``out``, other options than ``out`` was made with) raises :class:`UserError` before
+    anything in ``out`` is changed.
     """
-    sources = spec.videos(root)
+    try:
+        sources = spec.videos(root)
+    except OSError as exc:
+        raise UserError(_os_message(exc, "list the videos in", root)) from None
     if only:
         sources = [s for s in sources if s.name in set(only)]
     if not sources:
         raise UserError(f"{root}: no {spec.name} videos found")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_compatible(out, spec, opts)
-    for leftover in out.glob(".tmp-*"):  # partial folders from an interrupted run
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: not a folder (the --out of prepare is a folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(_os_message(exc, "create the output folder", out)) from None
+    with FolderLock(out) as lock:
+        if lock.stale_pid:
+            print(f"prepare: took over {lock.path} from pid {lock.stale_pid}, which is no longer running",
+                  file=sys.stderr)
+        _check_compatible(out, spec, opts)
+        return _prepare_locked(spec, root, out, opts, workers, sources)
+
+
+def _prepare_locked(spec: DatasetSpec, root: Path, out: Path, opts: Options, workers: int,
+                    sources: list[VideoSource]) -> tuple[dict, dict[str, str]]:
+    for leftover in out.glob(".tmp-*"):  # partial folders from an interrupted run (we hold the lock)
         shutil.rmtree(leftover, ignore_errors=True)
     todo = [s for s in sources if not (out / s.name / "video.json").exists()]
     # Longest first keeps the workers busy to the end.
@@ -248,36 +332,27 @@ def prepare(spec: DatasetSpec, root: Path, out: Path, opts: Options, workers: in
     if len(sources) > len(todo):
         print(f"prepare: {len(sources) - len(todo)} videos already prepared, skipped", file=sys.stderr)
 
+    def manifest() -> dict:
+        try:
+            return write_manifest(out, spec, opts, failed, root)
+        except OSError as exc:
+            raise UserError(_os_message(exc, "write", out / MANIFEST)) from None
+
     def finish(result: Result) -> None:
         if not result.ok:
             failed[result.name] = result.message
             print(f"solo-surgical: error: {result.message}", file=sys.stderr, flush=True)
         progress.update(result)
-        write_manifest(out, spec, opts, failed, root)
+        manifest()
 
     if workers <= 1 or len(todo) <= 1:
         for src in todo:
-            finish(prepare_one(src, out, opts, spec.phases))
+            finish(prepare_one(src, out, opts, spec.phases, spec.name))
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-            futures = [pool.submit(prepare_one, src, out, opts, spec.phases) for src in todo]
-            try:
-                for future in as_completed(futures):
-                    finish(future.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    manifest = write_manifest(out, spec, opts, failed, root)
-    return manifest, failed
-
-
-def _pool_context():
-    """forkserver: safe when the parent holds threads (torch, a test runner), unlike fork, and the
-    server imports this module (and torch, via the package) once instead of once per worker."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["solo_surgical.data.prepare"])
-    return ctx
+        with WorkerPool(workers, "solo_surgical.data.prepare") as pool:
+            futures = [pool.submit(prepare_one, src, out, opts, spec.phases, spec.name) for src in todo]
+            for future in as_completed(futures):
+                finish(future.result())
+    return manifest(), failed

@@ -19,6 +19,7 @@ per-video colour, anatomy and margin shape vary; camera drift, zoom, smoke and b
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import write_json, write_text
+from ..errors import UserError
 from .registry import CHOLEC80_PHASES, CHOLEC80_TOOLS
 
 # Fraction of the operation per phase (roughly Cholec80's mean durations).
@@ -309,41 +311,60 @@ def _synth_one(out: Path, cfg: SynthConfig, number: int) -> tuple[str, dict]:
     }
 
 
+def _check_out(out: Path, cfg: SynthConfig) -> None:
+    """Refuse an ``out`` that is a file, or a synthetic set made with other settings (rewriting it
+    would mix videos of two settings, and leave the extra videos of a larger set)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: not a folder (the --out of synth is a folder)")
+    record = out / "synth.json"
+    if not record.exists():
+        return
+    try:
+        old = json.loads(record.read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{record}: unreadable synth record; choose another --out or delete {out}") from None
+    if old != asdict(cfg):
+        diff = ", ".join(f"{k}={old.get(k)!r}" for k in asdict(cfg) if old.get(k) != asdict(cfg)[k]) if \
+            isinstance(old, dict) else "unknown"
+        raise UserError(f"{record}: this folder holds a synthetic set made with other settings ({diff}); "
+                        f"choose another --out")
+
+
 def synthesize(out: Path, cfg: SynthConfig = SynthConfig(), progress=None, workers: int = 1) -> dict:
     """Write the synthetic set under ``out`` (see the module docstring); returns synth.json's data.
 
     ``progress(done, total, name, frames)`` is called after each video. Each video depends only
-    on ``(seed, number)``, so the result does not depend on ``workers``.
+    on ``(seed, number)``, so the result does not depend on ``workers``. An OS error (read-only
+    or full disk, a path that is a file) raises :class:`UserError` naming the path.
     """
+    _check_out(out, cfg)
+    try:
+        return _synthesize(out, cfg, progress, workers)
+    except OSError as exc:
+        path = exc.filename or out
+        raise UserError(f"{path}: cannot write the synthetic set ({exc.strerror or type(exc).__name__})") from None
+
+
+def _synthesize(out: Path, cfg: SynthConfig, progress, workers: int) -> dict:
     for sub in ("videos", "phase_annotations", "tool_annotations"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    for leftover in (out / "videos").glob(".*.tmp-*"):  # from a killed run
+        leftover.unlink(missing_ok=True)
     meta: dict = {"config": asdict(cfg), "phases": list(CHOLEC80_PHASES), "tools": list(CHOLEC80_TOOLS), "videos": {}}
     numbers = video_numbers(cfg.videos)
-    if workers <= 1 or len(numbers) == 1:
-        results = (_synth_one(out, cfg, n) for n in numbers)
-        pool = None
-    else:
-        from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
-        results = pool.map(_synth_one, [out] * len(numbers), [cfg] * len(numbers), numbers)
-    try:
+    def collect(results) -> None:
         for i, (name, entry) in enumerate(results):
             meta["videos"][name] = entry
             if progress:
                 progress(i + 1, len(numbers), name, entry["frames"])
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    write_json(out / "synth.json", meta)
+
+    if workers <= 1 or len(numbers) == 1:
+        collect(_synth_one(out, cfg, n) for n in numbers)
+    else:
+        from .workers import WorkerPool
+
+        with WorkerPool(workers, "solo_surgical.data.synth") as pool:
+            collect(pool.map(_synth_one, [out] * len(numbers), [cfg] * len(numbers), numbers))
+    write_json(out / "synth.json", meta)  # last: its presence means the set is complete
     return meta
-
-
-def _pool_context():
-    """forkserver: safe when the parent holds threads (torch, a test runner), unlike fork, and the
-    server imports this module (and torch, via the package) once instead of once per worker."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["solo_surgical.data.synth"])
-    return ctx

@@ -16,6 +16,13 @@ the rule to the packets' timestamps (a demux pass, no decoding), then decodes on
 selected frames need -- no GOP without a selected frame, no frames after a GOP's last selected
 one, no unselected non-reference frames -- and checks that the decoder returns exactly the
 planned frames, falling back to decoding every frame when it does not.
+
+Completeness does not rest on the container's declared frame count (MKV, WebM and many
+recorders declare none): the decoded frames must also span the stream's duration (the video
+stream's own duration, else its ``DURATION`` tag, else the container's) up to
+:func:`duration_tolerance`, so a cut file is reported as truncated instead of prepared short.
+A file whose demuxer reads still images (a JPEG or PNG renamed ``.mp4``) or whose only video
+stream is a cover picture is refused: it has no real video stream.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ class VideoInfo:
     height: int
     fps: Fraction | None  # native (average) frame rate
     declared_frames: int  # from the container header; 0 when unknown
+    duration: Fraction | None = None  # seconds the video stream lasts per the file; None when unknown
 
 
 def open_video(path: Path):
@@ -59,15 +67,58 @@ def open_video(path: Path):
         container.close()
         raise VideoError("no video stream")
     stream = container.streams.video[0]
+    # Image demuxers ("jpeg_pipe", "png_pipe", "image2") open a still picture as a 1-frame "video";
+    # a cover picture (attached_pic) is a video stream in an audio file. Neither is a recording.
+    fmt = container.format.name
+    still = fmt.endswith("_pipe") or fmt.startswith("image2")
+    if still or stream.disposition & av.stream.Disposition.attached_pic:
+        what = f"a {stream.codec_context.name} image" if still else "an audio file with a cover picture"
+        container.close()
+        raise VideoError(f"not a video: {what} (demuxer {fmt}), no real video stream")
     return container, stream
 
 
-def info(stream) -> VideoInfo:
+def _stream_duration(container, stream) -> Fraction | None:
+    """Seconds the video stream lasts per the file: its own duration, else its DURATION tag
+    (Matroska), else the container's duration (which may include other streams)."""
+    if stream.duration and stream.time_base:
+        return stream.duration * Fraction(stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + Fraction(sec)
+        except ValueError:
+            pass
+    if container.duration:
+        return Fraction(container.duration, 1_000_000)
+    return None
+
+
+def info(stream, container=None) -> VideoInfo:
     rate = stream.average_rate or stream.guessed_rate
     return VideoInfo(
         int(stream.codec_context.width), int(stream.codec_context.height),
         Fraction(rate) if rate else None, int(stream.frames or 0),
+        _stream_duration(container, stream) if container is not None else None,
     )
+
+
+def duration_tolerance(meta: VideoInfo) -> Fraction:
+    """How far the decoded frames may fall short of the declared duration: 3 native frames (the
+    last frame's own length and timestamp rounding) or 0.5 % of the duration, the larger."""
+    period = 1 / meta.fps if meta.fps else Fraction(1, 25)
+    return max(3 * period, (meta.duration or 0) / 200)
+
+
+def short_of_duration(meta: VideoInfo, frames: int, span: Fraction) -> str | None:
+    """A one-line 'truncated' message when ``frames`` decoded frames covering ``span`` seconds
+    (first to last timestamp plus one frame) fall short of the stream's duration, else None."""
+    if meta.duration is None or meta.duration - span <= duration_tolerance(meta):
+        return None
+    expected = f" (~{round(meta.duration * meta.fps)} frames at {float(meta.fps):g} fps)" if meta.fps else ""
+    return (f"truncated: decoded {frames} frames spanning {float(span):.2f} s, but the stream lasts "
+            f"{float(meta.duration):.2f} s{expected}")
 
 
 def _short(exc: BaseException) -> str:
@@ -183,7 +234,7 @@ def _select_sequential(path: Path, fps: Fraction, stats: dict | None = None, sta
     import av
 
     container, stream = open_video(path)
-    meta = info(stream)
+    meta = info(stream, container)
     if stats is not None:
         stats["info"] = meta
     if meta.fps and fps > meta.fps:
@@ -194,6 +245,7 @@ def _select_sequential(path: Path, fps: Fraction, stats: dict | None = None, sta
     next_k = 0
     first_pts = None
     decoded = 0
+    end = Fraction(0)  # the latest frame time seen: the span the decoded frames cover
     try:
         for index, frame in enumerate(container.decode(stream)):
             decoded = index + 1
@@ -204,6 +256,7 @@ def _select_sequential(path: Path, fps: Fraction, stats: dict | None = None, sta
             else:
                 first_pts = frame.pts if first_pts is None else first_pts
                 t = (frame.pts - first_pts) * time_base
+            end = max(end, t)
             while Fraction(next_k) / fps - tol <= t:
                 if next_k >= start_k:
                     yield Selected(next_k, index, float(t), frame)
@@ -219,6 +272,9 @@ def _select_sequential(path: Path, fps: Fraction, stats: dict | None = None, sta
         raise VideoError("no decodable video frames (empty or corrupt stream)")
     if meta.declared_frames and decoded < meta.declared_frames:
         raise VideoError(f"truncated: decoded {decoded} of the {meta.declared_frames} frames the header declares")
+    short = short_of_duration(meta, decoded, end + (1 / meta.fps if meta.fps else 0))
+    if short:
+        raise VideoError(short)
 
 
 @dataclass(frozen=True)
@@ -251,7 +307,7 @@ def _plan(path: Path, fps: Fraction) -> _Plan | None:
 
     container, stream = open_video(path)
     try:
-        meta = info(stream)
+        meta = info(stream, container)
         if stream.time_base is None or (meta.fps and fps > meta.fps):
             return None  # the sequential path raises the rate error with its message
         # Read before close(): the stream's fields live in memory that close() frees.
@@ -276,6 +332,8 @@ def _plan(path: Path, fps: Fraction) -> _Plan | None:
     # lack their references; the decoder may drop them, which would shift every index.
     if len(set(order)) != len(order) or order[0] != pts[0]:
         return None
+    if short_of_duration(meta, len(order), (order[-1] - order[0]) * time_base + (1 / meta.fps if meta.fps else 0)):
+        return None  # a cut file: the sequential path reports it
     tol = Fraction(1, 4) / meta.fps if meta.fps else Fraction(0)
     wanted: dict[int, list[tuple[int, int, float]]] = {}
     k = 0
