@@ -272,19 +272,27 @@ def test_per_video_failures_name_the_file_and_change_nothing_else(work, capsys, 
 
 
 # --- permissions (a read-only output folder, an unreadable annotation) ---------------------------
-def test_read_only_output_folder_prepare(work):
+@pytest.mark.parametrize("where", ["out", "parent"])
+def test_read_only_output_folder_prepare(work, where):
+    """A read-only --out (work left to do) or a new --out under a read-only folder."""
     _add(work, lambda w: None)  # something left to do
-    (work / "out").chmod(0o555)
+    if where == "out":
+        locked, argv = work / "out", prepare_args(work)
+        named, operation = f"out/{LOCK_NAME}", "cannot create the lock file"
+    else:
+        locked, argv = work / "ro", prepare_args(work, out="ro/new")
+        locked.mkdir()
+        named, operation = "ro/new", "cannot create the output folder"
+    locked.chmod(0o555)
     before = snapshot(work)
     try:
-        rc, err = run_unprivileged(prepare_args(work))
+        rc, err = run_unprivileged(argv)
     finally:
-        (work / "out").chmod(0o755)
+        locked.chmod(0o755)
     assert rc == 2 and "Traceback" not in err, err
     lines = error_lines(err)
-    assert len(lines) == 1 and f"out/{LOCK_NAME}" in lines[0] and "cannot create the lock file" in lines[0] \
-        and "Permission denied" in lines[0], err
-    assert snapshot(work) == before
+    assert len(lines) == 1 and named in lines[0] and operation in lines[0] and "Permission denied" in lines[0], err
+    assert snapshot(work) == before and not (work / "ro" / "new").exists()
 
 
 def test_read_only_output_folder_synth(tmp_path):
