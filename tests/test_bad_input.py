@@ -183,7 +183,8 @@ CASES = [
     Case("unknown-top-key", _pretrain("+foo=1"), ["'foo'"]),
     # --- run folders -----------------------------------------------------------------------
     Case("run-seed-negative", _pretrain("run.seed=-1"), ["run.seed=-1"]),
-    Case("run-checkpoint-every-zero", _pretrain("run.checkpoint_every_n_epochs=0"), ["run.checkpoint_every_n_epochs=0"]),
+    Case("run-checkpoint-every-negative", _pretrain("run.checkpoint_every_n_epochs=-1"),
+         ["run.checkpoint_every_n_epochs=-1"]),
     Case("run-into-existing-run", _pretrain(run="{W}/run"), ["already holds a run", "run.resume=last", "run.overwrite"]),
     Case("run-resume-and-overwrite", _pretrain("run.resume=last", "run.overwrite=true", run="{W}/run"),
          ["run.resume", "run.overwrite"]),

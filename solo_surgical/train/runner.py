@@ -202,13 +202,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Tr
         raise UserError(f"trainer: {first}") from None
 
 
-def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch) -> pl.Trainer:
+def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch | Path | str) -> pl.Trainer:
     """Train ``model`` in ``launch.run_dir`` (layout: :mod:`solo_surgical.train.rundir`).
 
+    ``launch`` may also be a run folder: the launch is then planned here (``run.dir`` set to it).
     Everything that can refuse (devices, the loader, the Trainer, the resume checkpoint against the
     model) is built before the first write to the run folder.
     """
     _quiet_lightning()
+    if not isinstance(launch, Launch):
+        OmegaConf.update(cfg, "run.dir", str(launch))
+        validate_config(cfg, "teacher" if "teacher" in cfg else "pretrain")
+        launch = plan_launch(cfg)
     run_dir = launch.run_dir
     check_resume_fits(launch, model)
     resolve_run_devices(cfg)  # "auto" -> this machine's accelerator, precision, workers (recorded in config.yaml)

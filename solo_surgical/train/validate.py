@@ -256,7 +256,8 @@ def check_run(run: DictConfig) -> None:
     if not isinstance(run.dir, str) or not run.dir.strip():
         raise _fail("run.dir", run.dir, "must be a folder path")
     check_int("run.seed", run.seed, 0, 2**32 - 1)
-    check_int("run.checkpoint_every_n_epochs", run.checkpoint_every_n_epochs, 1)
+    # 0: no epoch checkpoints, only last.ckpt (Lightning's every_n_epochs=0)
+    check_int("run.checkpoint_every_n_epochs", run.checkpoint_every_n_epochs, 0)
     check_bool("run.overwrite", run.get("overwrite", False))
     if run.resume is not None and not (isinstance(run.resume, str) and run.resume.strip()):
         raise _fail("run.resume", run.resume, "must be 'last' or a checkpoint path")
