@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="solo-surgical",
         description="Distil public pretrained models into self-supervised learning on surgical video.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"solo-surgical {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

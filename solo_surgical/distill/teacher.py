@@ -41,18 +41,19 @@ class FrozenTeacher(nn.Module):
     Args:
         backbone: feature extractor, (B, 3, H, W) -> (B, F).
         projector: (B, F) -> (B, Dt).
+        out_dim: Dt, the projector's output size (default: ``out_features`` of its last ``nn.Linear``).
         mean, std: normalisation the teacher was trained with.
         input_mean, input_std: normalisation of the images it will be given.
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, out_dim: int,
+    def __init__(self, backbone: nn.Module, projector: nn.Module, out_dim: Optional[int] = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  input_mean: Sequence[float] = IMAGENET_MEAN, input_std: Sequence[float] = IMAGENET_STD,
                  meta: Optional[dict[str, Any]] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector
-        self.out_dim = out_dim
+        self.out_dim = _projector_out_dim(projector) if out_dim is None else int(out_dim)
         self.meta = dict(meta or {})
         # x_teacher = (x_input * s_in + m_in - m_t) / s_t  =  x_input * scale + shift
         m_in, s_in = torch.tensor(input_mean), torch.tensor(input_std)
@@ -86,6 +87,14 @@ class FrozenTeacher(nn.Module):
                 images = images * self._scale + self._shift
             out = self.projector(self.backbone(images))
         return out.clone()
+
+
+def _projector_out_dim(projector: nn.Module) -> int:
+    """Dt: the ``out_features`` of the projector's last linear layer (what it emits)."""
+    linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("FrozenTeacher: the projector has no nn.Linear to read its output size from; give out_dim")
+    return linears[-1].out_features
 
 
 def save_teacher_checkpoint(path: str | Path, *, arch: str, backbone: nn.Module, projector: nn.Module,
