@@ -45,7 +45,10 @@ def test_outputs_have_the_documented_structure(demo):
             assert (out / "cells" / cell / part).exists(), (cell, part)
         trained = not cell.startswith("frozen-")
         assert (out / "cells" / cell / "pretrain/checkpoints/last.ckpt").exists() == trained
+        if trained:  # a cell keeps its final weights only, however many epochs it trained
+            assert sorted(p.name for p in (out / "cells" / cell / "pretrain/checkpoints").iterdir()) == ["last.ckpt"]
     assert (out / "teachers" / "generic-b1.0" / "teacher.pth").is_file()
+    assert not list((out / "teachers").rglob("epoch*.ckpt"))
     assert (out / "plots" / "accuracy_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((out / "plots").glob("*.png"))) >= 7
     table = (out / "table.md").read_text()

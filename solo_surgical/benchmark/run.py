@@ -61,6 +61,9 @@ FROZEN = ("random", "public")
 TRAINED = ("plain", "distill", "public_init")
 VARIANTS = FROZEN + TRAINED
 REFERENCE = "-"  # the method of the frozen cells, which no SSL method produces
+# A cell needs only its final weights: no per-epoch checkpoints (a value under `pretrain.run` wins).
+# Not part of any fingerprint, since it does not change a single weight.
+KEEP_LAST_ONLY = ("run.checkpoint_every_n_epochs=0",)
 PLAN_KEYS = ("methods", "variants", "budgets", "seeds", "public_init_methods")
 
 
@@ -358,7 +361,7 @@ class Benchmark:
             return final / "teacher.pth"
         work = self._fresh(final)
         self.log(f"  teacher stage: {source} (budget {budget})")
-        cfg = compose("teacher", [*as_overrides(self.cfg.pretrain), f"method={self.cfg.teacher.method}",
+        cfg = compose("teacher", [*KEEP_LAST_ONLY, *as_overrides(self.cfg.pretrain), f"method={self.cfg.teacher.method}",
                                   *self._method_overrides(str(self.cfg.teacher.method)),
                                   *as_overrides(self.cfg.teacher.overrides),
                                   f"teacher.source={self.source_path(source)}", f"teacher.bn={self.cfg.teacher.bn}",
@@ -427,7 +430,7 @@ class Benchmark:
             extra = [f"distill.teacher={teacher}"] if cell.kind == "distill" else \
                 [f"backbone.init={self.source_path(cell.source)}"] if cell.kind == "public_init" else []
             start = time.time()
-            pre = compose("pretrain", [*as_overrides(cfg.pretrain), f"method={method}",
+            pre = compose("pretrain", [*KEEP_LAST_ONLY, *as_overrides(cfg.pretrain), f"method={method}",
                                        *self._method_overrides(cell.method),
                                        f"run.dir={work / 'pretrain'}", f"run.seed={cell.seed}",
                                        *self._data_overrides(cell.budget), *extra])
