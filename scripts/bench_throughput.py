@@ -91,10 +91,13 @@ def long_loader(cfg, work: Path, batches: int):
 
 
 def loader_rate(cfg, work: Path, batches: int) -> dict:
-    """Images/s of the loader alone over ``batches`` batches, after the first (worker start-up), and
-    images per CPU-second of the processes that decode and augment: on a machine shared with other
-    jobs the wall-clock rate depends on their load, the CPU time much less, so the latter says what
-    one dedicated core delivers."""
+    """Images/s of the loader alone, and images per CPU-second of the processes that decode and
+    augment: on a machine shared with other jobs the wall-clock rate depends on their load, the CPU
+    time much less, so the latter says what one dedicated core delivers.
+
+    The first ``max(1, workers)`` batches are not timed: every worker starts on its first batch at
+    once, so they arrive in a burst that says nothing about the steady rate. Then at least
+    ``batches`` and at least 2 per worker are timed."""
     import gc
     import resource
 
@@ -102,11 +105,14 @@ def loader_rate(cfg, work: Path, batches: int) -> dict:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
 
-    loader = long_loader(cfg, work, batches + 1)
-    workers = int(loader.num_workers)
+    probe = long_loader(cfg, work, 1)
+    workers = int(probe.num_workers)
+    del probe
+    skip = max(1, workers)
+    loader = long_loader(cfg, work, skip + max(batches, 2 * workers))
     cpu0 = children_cpu() if workers else time.process_time()
     it = iter(loader)
-    count = int(next(it)[0][0].shape[0])
+    count = sum(int(next(it)[0][0].shape[0]) for _ in range(skip))
     start = time.perf_counter()
     timed = sum(int(views[0].shape[0]) for views, *_ in it)
     seconds = time.perf_counter() - start
@@ -267,9 +273,13 @@ def main() -> None:
                     alone[name].append(time.perf_counter() - t0)
         del cached
 
-        # (c) end to end: one running loader, plain and distilled steps alternating
+        # (c) end to end: one running loader, plain and distilled steps alternating. Untimed first:
+        # the warm-up steps and the burst of first batches every worker prepared at once (a steady
+        # state starts after about one batch per worker), rounded up to whole plain+distill pairs.
         e2e: dict[str, list[float]] = {name: [] for name in steps}
-        total = 2 * (args.warmup + args.rounds)
+        loader_e2e = long_loader(plain_cfg, work, 1)
+        skip = 2 * args.warmup + loader_e2e.num_workers + loader_e2e.num_workers % 2
+        total = skip + 2 * args.rounds
         it = iter(long_loader(plain_cfg, work, total))
         for i in range(total):
             name = "plain" if i % 2 == 0 else "distill"
@@ -277,9 +287,9 @@ def main() -> None:
             t0 = time.perf_counter()
             steps[name](to_device(next(it), device))
             sync(device)
-            if i >= 2 * args.warmup:
+            if i >= skip:
                 e2e[name].append(time.perf_counter() - t0)
-        del it
+        del it, loader_e2e
 
     results: dict[str, Any] = {"loader": loader}
     for name in steps:

@@ -2,7 +2,8 @@
 # The GPU check: on a machine with a CUDA GPU, in under 8 minutes,
 #   1. a synthetic Cholec80-layout set at 224 px (synth + prepare, 250 x 250 JPEGs);
 #   2. scripts/bench_throughput.py --gpu: ResNet-50 student and teacher, 224 px, batch 128, bf16, plain and
-#      distilled MoCo v2+ side by side (loader per worker, step alone, end to end, ratios);
+#      distilled MoCo v2+ side by side (loader per worker, step alone, end to end, ratios), with the
+#      runs' default deterministic kernels and again with --fast (autotuned cuDNN);
 #   3. one short epoch of the teacher stage (a random-init torchvision ResNet-50 stands in for the
 #      public checkpoint: the machine may have no network) and of distill_mocov2plus, lightly host,
 #      through the real CLI (accelerator/precision/workers all `auto`);
@@ -70,6 +71,11 @@ run prepare "${CLI[@]}" prepare --dataset cholec80 --root "$WORK/raw" --out "$WO
 # 2. the throughput benchmark
 run bench_throughput "$PY" scripts/bench_throughput.py "${BENCH[@]}" --data "$WORK/data" --json "$WORK/bench_throughput.json"
 grep -E '^\(a\)|^plain|^distill|^setup' "$WORK/bench_throughput.log" | sed 's/^/    /'
+if [ "$SMOKE" != 1 ]; then  # what dropping deterministic kernels and autotuning cuDNN would gain
+    run bench_throughput_fast "$PY" scripts/bench_throughput.py --gpu --fast --loader-batches 1 --rounds 15 \
+        --data "$WORK/data" --json "$WORK/bench_throughput_fast.json"
+    grep -E '^plain|^distill' "$WORK/bench_throughput_fast.log" | sed 's/^/    --fast: /'
+fi
 
 # 3. lightly host: teacher stage, then distill_mocov2plus, one short epoch each
 PUBLIC_ARCH=$([ "$ARCH" = tiny ] && echo resnet18 || echo "$ARCH")
