@@ -152,3 +152,43 @@ class DistillationHead(nn.Module):
 
     def combine(self, ssl_loss: Tensor, distill_loss: Tensor) -> Tensor:
         return self.config.ssl_weight * ssl_loss + self.config.weight * distill_loss
+
+    # --- checkpoints: the frozen teacher is referenced by file and SHA-256, not copied ---------------
+    # A student checkpoint would otherwise carry the whole teacher (a ResNet-50: ~100 MB) in every
+    # epoch's file although it never changes. The memory (learnt state) stays in the checkpoint.
+
+    def teacher_reference(self) -> dict[str, str]:
+        """``{"file", "sha256"}`` of the teacher checkpoint this head was loaded from."""
+        meta = self.teacher.meta
+        if not meta.get("file") or not meta.get("file_sha256"):
+            raise ValueError("this teacher was not loaded from a file (load_teacher); it cannot be referenced")
+        return {"file": str(meta["file"]), "sha256": str(meta["file_sha256"])}
+
+    def teacher_state_keys(self, prefix: str) -> list[str]:
+        """The state-dict keys of the teacher, under ``prefix`` (this head's name in its parent + '.')."""
+        return [f"{prefix}teacher.{k}" for k in self.teacher.state_dict()]
+
+    def drop_teacher_state(self, state_dict: dict[str, Tensor], prefix: str) -> dict[str, str]:
+        """Remove the teacher's tensors from ``state_dict`` in place; returns the reference to store instead."""
+        reference = self.teacher_reference()
+        for key in self.teacher_state_keys(prefix):
+            state_dict.pop(key, None)
+        return reference
+
+    def restore_teacher_state(self, state_dict: dict[str, Tensor], prefix: str,
+                              reference: Optional[dict[str, str]], where: str) -> None:
+        """Put the loaded teacher's tensors back into a checkpoint's ``state_dict`` (in place), after
+        checking that it is the teacher the checkpoint was trained with (same SHA-256).
+
+        Raises:
+            ValueError: the checkpoint names another teacher file content (one line naming both).
+        """
+        if reference is None:  # written before teachers were referenced: the tensors are there
+            return
+        ours = self.teacher_reference()
+        if ours["sha256"] != reference.get("sha256"):
+            raise ValueError(f"{where}: trained with teacher {reference.get('file')} (sha256 "
+                             f"{str(reference.get('sha256'))[:12]}...), but distill.teacher={ours['file']} has sha256 "
+                             f"{ours['sha256'][:12]}...; resume with the same teacher file")
+        for key, value in self.teacher.state_dict().items():
+            state_dict[f"{prefix}teacher.{key}"] = value.detach().clone()

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..atomic import torch_save
 from ..backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from ..checkpoints import TEACHER_FORMAT, CheckpointError, load_backbone_state, load_file
+from ..checkpoints import TEACHER_FORMAT, CheckpointError, load_backbone_state, load_file, sha256_file
 from .mlp import build_mlp, describe_mlp, mlp_output_dim, sequential_of
 
 TEACHER_VERSION = 1
@@ -138,6 +138,8 @@ def load_teacher(path: str | Path, input_mean: Sequence[float] = IMAGENET_MEAN,
     projector = build_mlp(obj["projector"]["layers"])
     load_backbone_state(projector, obj["projector"]["state_dict"], f"{path} (projector)")
     meta = dict(obj.get("meta", {}))
+    # Where it came from: student checkpoints reference the teacher by file and hash (DistillationHead).
+    meta["file"], meta["file_sha256"] = str(path), sha256_file(path)
     return FrozenTeacher(backbone, projector, out_dim=mlp_output_dim(obj["projector"]["layers"]),
                          mean=meta.get("mean", IMAGENET_MEAN), std=meta.get("std", IMAGENET_STD),
                          input_mean=input_mean, input_std=input_std, meta=meta)

@@ -164,7 +164,9 @@ def check_resume_fits(launch: Launch, model: Any) -> None:
     older versions have no metadata; a mismatch would otherwise end in Lightning's traceback)."""
     if launch.checkpoint is None:
         return
-    state = launch.checkpoint["state_dict"]
+    state = dict(launch.checkpoint["state_dict"])
+    if hasattr(model, "complete_checkpoint_state"):  # the teacher, stored by reference (file + SHA-256)
+        model.complete_checkpoint_state({**launch.checkpoint, "state_dict": state}, str(launch.ckpt_path))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -23,6 +23,9 @@ from ...backbones import build_backbone
 from ...distill import DistillationHead
 from ...errors import UserError
 
+# Checkpoint entry that replaces the frozen teacher's tensors: {"file": path, "sha256": hex digest}.
+TEACHER_REFERENCE_KEY = "solo_surgical_teacher"
+
 
 @dataclass
 class SSLOutput:
@@ -228,3 +231,25 @@ class SSLMethod(pl.LightningModule):
 
     def hparams_dict(self) -> dict[str, Any]:
         return asdict(self.hp)
+
+    # --- checkpoints: the frozen teacher by reference (file + SHA-256), not by value ------------
+    def referenced_state_keys(self) -> list[str]:
+        """State-dict keys a checkpoint does not store (the frozen teacher's; restored on load)."""
+        return self.distill.teacher_state_keys("distill.") if self.distill is not None else []
+
+    def complete_checkpoint_state(self, checkpoint: dict[str, Any], where: str) -> None:
+        """Put the referenced teacher back into ``checkpoint["state_dict"]`` (in place), refusing a
+        checkpoint trained with another teacher file content. ``where`` names the file for the message."""
+        if self.distill is not None:
+            try:
+                self.distill.restore_teacher_state(checkpoint["state_dict"], "distill.",
+                                                   checkpoint.get(TEACHER_REFERENCE_KEY), where)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.distill is not None:
+            checkpoint[TEACHER_REFERENCE_KEY] = self.distill.drop_teacher_state(checkpoint["state_dict"], "distill.")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.complete_checkpoint_state(checkpoint, "the checkpoint being loaded")

@@ -129,6 +129,7 @@ class MoCoV2Plus(SSLMethod):
         return {"projector": self.projector}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         # Checkpoints from before the per-view queue kept lightly's single mixed-view bank
         # under "moco_queue" and no queue buffers; it cannot be split by view, so such a
         # run resumes with a fresh queue instead of failing the strict state_dict load.
