@@ -6,6 +6,11 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# The suite is a CPU suite: trainer.accelerator / precision / num_workers default to "auto", which on a
+# GPU machine would move every test run to CUDA in bf16 (other numbers, no bit-for-bit determinism).
+# tests/test_devices.py pretends a GPU where it needs one. SOLO_SURGICAL_TEST_CUDA=1 lifts this.
+if os.environ.get("SOLO_SURGICAL_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
