@@ -5,6 +5,7 @@ Layout of ``RUN_DIR`` (``run.dir``)::
     config.yaml                   the resolved config of the latest launch
     launches/NNN-config.yaml      the resolved config of every launch (001 = the first), never rewritten
     checkpoints/last.ckpt         latest state; epoch-NNN.ckpt every run.checkpoint_every_n_epochs
+    backbone.pth                  the finished run's student backbone (torchvision key names)
     logs/version_N/metrics.csv    one CSV log per launch; tensorboard/version_N likewise
 
 Rules, all checked before anything is written:
@@ -194,6 +195,7 @@ def start_launch(launch: Launch, cfg: DictConfig) -> Path:
         if launch.kind == "overwrite":
             shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=False) if (run_dir / CHECKPOINTS).is_dir() else None
             (run_dir / "teacher.pth").unlink(missing_ok=True)
+            (run_dir / "backbone.pth").unlink(missing_ok=True)
         old = run_dir / "config.yaml"
         if old.is_file() and not _launch_numbers(run_dir):
             write_text(run_dir / LAUNCHES / "001-config.yaml", "# launch 1 (recorded before launches/ existed)\n"

@@ -231,8 +231,20 @@ def run_pretrain(cfg: DictConfig) -> Path:
     launch = plan_launch(cfg)
     seed_run(cfg)
     model = build_model(cfg)
-    fit(cfg, model, launch)
+    trainer = fit(cfg, model, launch)
+    if trainer.global_rank == 0:
+        export_backbone(model.backbone, launch.run_dir / EXPORTED_BACKBONE)
     return launch.run_dir
+
+
+# Written next to checkpoints/ by every finished pretraining: the student backbone alone, torchvision
+# key names (a ResNet's file loads into torchvision's model with strict=False; only fc.* is missing).
+EXPORTED_BACKBONE = "backbone.pth"
+
+
+def export_backbone(backbone: torch.nn.Module, path: Path) -> Path:
+    """The backbone's state dict (CPU tensors), written atomically."""
+    return torch_save({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, path)
 
 
 def run_teacher_stage(cfg: DictConfig) -> Path:

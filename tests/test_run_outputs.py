@@ -1,0 +1,24 @@
+"""What a finished pretraining leaves next to its checkpoints."""
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from solo_surgical.cli import main
+
+from conftest import TINY
+
+
+def test_finished_run_exports_a_torchvision_loadable_backbone(capsys, tmp_path, image_dir):
+    args = ["pretrain", *[a for a in TINY if not a.startswith("backbone.name")], "backbone.name=resnet18",
+            "method=simclr", f"data.root={image_dir}", f"run.dir={tmp_path / 'run'}", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1"]
+    assert main(args) == 0, capsys.readouterr().err
+    exported = torch.load(tmp_path / "run" / "backbone.pth", map_location="cpu", weights_only=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    trained = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)
+    model = torchvision.models.resnet18()
+    result = model.load_state_dict(exported, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    assert torch.equal(model.conv1.weight, trained["conv1.weight"])
