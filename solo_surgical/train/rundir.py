@@ -25,6 +25,7 @@ Checkpoint names are ``epoch-003.ckpt``: no ``=``, so a path can be passed to Hy
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -51,7 +52,7 @@ class Launch:
 
     run_dir: Path
     number: int  # 1 for the first launch into the folder
-    kind: str  # "new" | "resume" | "overwrite"
+    kind: str  # "new" | "resume" | "overwrite" | "worker" (an extra DDP process: writes nothing)
     ckpt_path: Optional[Path] = None  # checkpoint to resume from
     checkpoint: Optional[dict] = None  # its contents (already loaded and checked)
     notes: list[str] = field(default_factory=list)  # said on stderr once the launch is accepted
@@ -110,9 +111,28 @@ def _resume_last(run_dir: Path, launch: Launch) -> None:
                     + "); start the run again with run.overwrite=true")
 
 
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-process launch (Lightning's DDP launcher re-runs the
+    command with LOCAL_RANK / NODE_RANK set; torchrun sets RANK): only the main one decides and writes."""
+    return all(os.environ.get(key, "0") in ("", "0") for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def plan_launch(cfg: DictConfig) -> Launch:
-    """Decide what this launch does in ``run.dir``; raise before any write if it must not run."""
+    """Decide what this launch does in ``run.dir``; raise before any write if it must not run.
+
+    In the extra processes of a DDP launch the folder was already checked (and written) by the main
+    process: they only find the checkpoint to resume from, and write nothing.
+    """
     run_dir = Path(str(cfg.run.dir))
+    if not is_main_process():
+        launch = Launch(run_dir, 0, "worker")
+        if cfg.run.resume is not None:
+            if str(cfg.run.resume) == "last":
+                _resume_last(run_dir, launch)
+            else:
+                launch.ckpt_path = Path(str(cfg.run.resume))
+        launch.notes, launch.checkpoint = [], None
+        return launch
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run.dir={run_dir}: exists and is not a folder")
     numbers = _launch_numbers(run_dir)
@@ -186,6 +206,8 @@ def start_launch(launch: Launch, cfg: DictConfig) -> Path:
     from .config import save_config
 
     run_dir = launch.run_dir
+    if launch.kind == "worker":
+        return run_dir / "config.yaml"
     for note in launch.notes:
         print(f"solo-surgical: warning: {note}", file=sys.stderr)
     with doing("preparing the run folder"):
