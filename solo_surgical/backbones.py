@@ -1,11 +1,13 @@
 """Backbone registry: a name in, a feature extractor (fc removed) and its feature size out."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
 import torch
-import torchvision
 from torch import nn
+
+from .tv_backbones import (DINOV2_VITS, UNSUPPORTED, VIT_SPEC_PREFIX, infer_vit_arch, parse_vit_spec, public_head_keys,
+                           torchvision_backbone, torchvision_backbone_names, torchvision_vit)
 
 # ImageNet statistics: the normalisation torchvision, MoCo v2 and DINO checkpoints expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,30 +27,39 @@ def register_backbone(name: str):
 
 
 def backbone_names() -> list[str]:
-    return sorted(_BACKBONES)
+    """Registered backbones and every torchvision classification model that can serve as one."""
+    return sorted(set(_BACKBONES) | set(torchvision_backbone_names()))
+
+
+def infer_arch(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Backbone name read from a torchvision-layout state dict's keys and shapes (ResNets, ViTs), or None."""
+    from .checkpoints import infer_resnet_arch
+
+    return infer_resnet_arch(state) or infer_vit_arch(state)
 
 
 def build_backbone(name: str) -> tuple[nn.Module, int]:
     """Return ``(module, feature_dim)``; ``module(x)`` maps (B, 3, H, W) to (B, feature_dim).
 
-    torchvision ResNets keep torchvision's parameter names (``conv1.weight``,
-    ``layer1.0.bn1.running_mean``, ...) with ``fc`` replaced by ``Identity``, so public
-    torchvision / MoCo / DINO state dicts load into them after key conversion.
+    ``name`` is a registered backbone (ResNets, ``tiny``, ``vit_tiny``), any torchvision
+    classification model (``vit_b_16``, ``convnext_tiny``, ``efficientnet_b0``, ``swin_t``, ...),
+    or a torchvision Vision Transformer spec ``vit:image=S,patch=P,layers=L,heads=H,hidden=D,mlp=M``.
+    Every torchvision model keeps torchvision's parameter names with its classifier (the last
+    ``Linear``) replaced by ``Identity``, so public torchvision state dicts load into it once
+    that classifier's weight and bias are dropped (see :func:`public_head_keys`).
     """
-    if name not in _BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}")
-    return _BACKBONES[name]()
-
-
-def _torchvision_resnet(arch: str) -> tuple[nn.Module, int]:
-    model = getattr(torchvision.models, arch)(weights=None)
-    dim = model.fc.in_features
-    model.fc = nn.Identity()
-    return model, dim
+    if name in _BACKBONES:
+        return _BACKBONES[name]()
+    if name in torchvision_backbone_names() or name in UNSUPPORTED:  # the latter raise, giving the reason
+        return torchvision_backbone(name)
+    if name.startswith(VIT_SPEC_PREFIX):
+        return torchvision_vit(**parse_vit_spec(name))
+    raise KeyError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}, "
+                   f"or {VIT_SPEC_PREFIX}image=S,patch=P,layers=L,heads=H,hidden=D,mlp=M")
 
 
 for _arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    register_backbone(_arch)(lambda _arch=_arch: _torchvision_resnet(_arch))
+    register_backbone(_arch)(lambda _arch=_arch: torchvision_backbone(_arch))
 
 
 class TinyConvNet(nn.Module):
@@ -73,3 +84,17 @@ class TinyConvNet(nn.Module):
 def _tiny() -> tuple[nn.Module, int]:
     net = TinyConvNet()
     return net, net.out_dim
+
+
+for _name, _shape in DINOV2_VITS.items():  # torch.hub DINOv2 files convert into these (checkpoints.py)
+    register_backbone(_name)(lambda _shape=_shape: torchvision_vit(*_shape))
+
+
+@register_backbone("vit_tiny")
+def _vit_tiny() -> tuple[nn.Module, int]:
+    """A torchvision VisionTransformer of about 30k parameters (32 px, patches of 8) for tests and smoke runs."""
+    return torchvision_vit(image=32, patch=8, layers=2, heads=2, hidden=32, mlp=64)
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TinyConvNet", "backbone_names", "build_backbone", "infer_arch",
+           "public_head_keys", "register_backbone"]

@@ -10,6 +10,11 @@ Supported layouts (detected from the keys, never from the file name):
   the key encoder / queue are dropped.
 * ``solo-surgical-teacher``: a teacher checkpoint written by ``solo-surgical teacher``.
 * ``lightning``: a Lightning checkpoint of one of our runs (``state_dict`` with ``backbone.*``).
+* ``dinov2-hub``: a torch.hub DINOv2 ViT-S/B/L file (``cls_token``, ``pos_embed``, ``blocks.N.*``),
+  converted to torchvision's ViT names with LayerScale folded in (:mod:`solo_surgical.tv_backbones`);
+  name the architecture (``dinov2_vits14`` / ``dinov2_vitb14`` / ``dinov2_vitl14``).
+* any torchvision classification model: its classifier's keys (``heads.head.*`` for a ViT, ...)
+  are dropped by :func:`load_backbone_state`, exactly those.
 """
 from __future__ import annotations
 
@@ -73,6 +78,14 @@ def extract_backbone_state(obj: Any, path: str | Path = "<memory>") -> tuple[dic
     if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         if any(k.startswith("module.") for k in obj):
             obj = _strip(obj, "module.")
+        from .tv_backbones import DINOV2_LAYOUT, dinov2_hub_to_torchvision, is_dinov2_hub_state
+
+        if is_dinov2_hub_state(obj):  # torch.hub DINOv2: converted to torchvision's ViT key names
+            try:
+                return dinov2_hub_to_torchvision(obj, str(path))[0], DINOV2_LAYOUT
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(str(exc) if isinstance(exc, ValueError) else
+                                      f"{path}: DINOv2 layout without key {exc.args[0]}") from None
         return _drop_heads(obj), "torchvision"
     keys = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
     raise CheckpointError(f"{path}: unrecognised checkpoint layout (top-level keys: {keys})")
@@ -123,6 +136,9 @@ def load_backbone_state(model: nn.Module, state: Mapping[str, Tensor], source: s
     """
     expected = model.state_dict()
     state = dict(state)
+    # a torchvision backbone's removed classifier (e.g. ViT's heads.head.*): exactly those keys go
+    for key in getattr(model, "_public_head_keys", ()):
+        state.pop(key, None)
     fill_batchnorm_counters(state, expected)  # torchvision's original ResNet files predate the counter
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
