@@ -212,3 +212,21 @@ def test_dinov2_keys_without_counterpart_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="register_tokens") as err:
         load_public_backbone(str(path), vit_spec(32, 8, 2, 2, 128, 256))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_zoo_dinov2_entries_convert_the_hub_layout(tmp_path):
+    from solo_surgical.zoo.convert import convert_object
+    from solo_surgical.zoo.manifest import load_manifest
+
+    manifest = load_manifest()
+    source = manifest.get("dinov2-vits14")
+    assert source.layout == "dinov2-hub" and source.sha256 is None and source.md5 is None  # none published
+    assert source.url.endswith("/dinov2_vits14/dinov2_vits14_pretrain.pth")
+    assert manifest.get("dinov2-vitb14").arch == "dinov2_vitb14"
+    state = _dinov2_state(hidden=384, heads=6, layers=12, patch=14, image=518, mlp=1536)
+    conv = convert_object(state, source=source, where="dinov2_vits14_pretrain.pth")
+    assert conv.arch == "dinov2_vits14" and conv.layout == "dinov2-hub" and conv.dropped == ["mask_token"]
+    assert "encoder.layers.encoder_layer_11.mlp.3.weight" in conv.state
+    state["blocks.3.attn.extra"] = torch.zeros(2)
+    with pytest.raises(CheckpointError, match="blocks.3.attn.extra"):
+        convert_object(state, source=source, where="dinov2_vits14_pretrain.pth")

@@ -98,6 +98,9 @@ def convert_object(obj: Any, source: Optional[ZooSource] = None, where: str | Pa
     container = _container(obj, layout)
     prefix = _prefix(container, state)
     dropped = sorted(set(container) - {prefix + k for k in state})
+    if layout == "dinov2-hub":
+        # renamed, not selected: the conversion uses every source key but mask_token, or refuses the file
+        dropped = sorted(k for k in container if k == "mask_token")
     if source is not None:
         mapping = source.key_mapping
         expected_layout = "torchvision" if source.layout == "timm" else source.layout

@@ -21,7 +21,7 @@ TIMM_PREFIX = "timm:"
 _HEX = re.compile(r"^[0-9a-f]+$")
 # torch.hub's rule: the hash prefix is the hex run after the last '-' before the first '.'.
 FILE_NAME_HASH = re.compile(r"-([a-f0-9]{8,64})\.")
-_LAYOUTS = ("torchvision", "mocov2", "timm")
+_LAYOUTS = ("torchvision", "mocov2", "timm", "dinov2-hub")
 
 
 @dataclass(frozen=True)
