@@ -86,7 +86,7 @@ def _load_labels(src: VideoSource, spec_phases: Sequence[str]) -> tuple[StepLabe
 
 
 def _overrun(labels: StepLabels | None, file: Path | None, src: VideoSource, decoded: int,
-             native_fps: float | None) -> None:
+             native_fps: Fraction | None) -> None:
     """Refuse labels running more than a second of native frames past the video's last frame:
     they belong to another video or the video was cut, and either way they would be misaligned."""
     if labels is None:
@@ -183,7 +183,7 @@ def prepare_one(src: VideoSource, out: Path, opts: Options, spec_phases: Sequenc
         }
         doing, target = "write", tmp / "video.json"
         write_json(tmp / "video.json", entry)
-        doing, target = "rename the finished folder to", final
+        doing, target = "rename the finished folder", final
         os.rename(tmp, final)  # not replace: never over something that appeared meanwhile
         return Result(src.name, True, entry=entry, frames=len(rows))
     except VideoError as exc:
@@ -202,6 +202,8 @@ def _os_message(exc: OSError, doing: str, target: Path) -> str:
     """'<the path the OS refused>: cannot <operation> (<reason>)' -- the path from the error itself
     when it has one (e.g. a temporary file inside ``target``), else ``target``."""
     path = exc.filename if exc.filename else target
+    if exc.filename and exc.filename2:  # rename, link: both ends
+        path = f"{exc.filename} -> {exc.filename2}"
     return f"{path}: cannot {doing} ({exc.strerror or type(exc).__name__})"
 
 

@@ -131,10 +131,11 @@ class WorkerPool:
     def __init__(self, workers: int, preload: str) -> None:
         import multiprocessing
 
-        # forkserver: safe when the parent holds threads (torch, a test runner), unlike fork, and
-        # the server imports the module (and torch, via the package) once instead of per worker.
+        # forkserver: safe when the parent holds threads (torch, a test runner), unlike fork. The
+        # server imports the module and the decoding/imaging libraries its functions import
+        # lazily (about 50 extension modules) once, instead of once in every worker.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([preload])
+        ctx.set_forkserver_preload([preload, "av", "PIL.Image", "numpy"])
         self._reader, self._writer = ctx.Pipe(duplex=False)
         self.executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent,
                                             initargs=(self._reader,))
