@@ -289,3 +289,27 @@ def test_teacher_heads_serialise_and_embed_like_the_queries(tmp_path, method):
     # teacher's bottleneck, equal to the student's at step 0; SwAV: the unit projection)
     assert emb.shape[1] == out.keys[0].shape[1] == out.queries[0].shape[1] == model.hp.proj_output_dim
     assert torch.allclose(F.normalize(emb, dim=1), F.normalize(out.keys[0], dim=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_teacher_stage_exports_a_teacher_for_every_new_method(tmp_path, method, image_dir):
+    """`solo-surgical teacher method=<m>`: frozen public backbone, heads trained, a loadable teacher
+    whose embedding is the exported head on the public backbone (its size: proj_output_dim)."""
+    from solo_surgical.backbones import build_backbone
+    from solo_surgical.distill import load_teacher
+    from solo_surgical.train.runner import run_teacher_stage
+
+    torch.manual_seed(11)
+    public, _ = build_backbone("tiny")
+    torch.save(public.state_dict(), tmp_path / "public.pth")
+    cfg = tiny_cfg("teacher", method, tmp_path / "run", image_dir, *SMALL.get(method, []),
+                   f"teacher.source={tmp_path / 'public.pth'}", "trainer.max_epochs=1")
+    teacher = load_teacher(run_teacher_stage(cfg))
+    assert teacher.out_dim == int(cfg.method.kwargs.proj_output_dim)
+    for key, value in public.state_dict().items():  # teacher.bn=frozen: the public backbone is untouched
+        assert torch.equal(teacher.backbone.state_dict()[key], value), key
+    x = torch.randn(4, 3, 32, 32)
+    public.eval()
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), teacher.projector(public(x)), atol=1e-6)
+        assert teacher(x).shape == (4, teacher.out_dim)
