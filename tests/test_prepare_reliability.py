@@ -474,3 +474,21 @@ def test_kill_9_during_the_benchmark_prepare_step_is_redone(tmp_path):
     ref = tmp_path / "ref"
     prepare(get_dataset("cholec80"), out / "raw", ref, Options(fps="25", size=(16, 16)))
     assert _frames(data) == _frames(ref)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_synth_leaves_no_workers_and_resynthesizes(tmp_path):
+    argv = ["--videos", "2", "--seconds", "6", "--size", "96x54", "--workers", "2"]
+    out, ref = tmp_path / "syn", tmp_path / "ref"
+    cmd = [sys.executable, "-m", "solo_surgical.cli", "synth", "--out", str(out), *argv]
+    # both workers are encoding (their temporary videos exist)
+    kids = _kill_when(cmd, lambda: len(list((out / "videos").glob(".*.tmp-*"))) >= 2)
+    assert len(kids) >= 2
+    _no_survivors(kids)
+    assert not (out / "synth.json").exists()  # written last: the set is known to be incomplete
+    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert main(["synth", "--out", str(ref), *argv]) == 0
+    assert snapshot(out / "videos").keys() == snapshot(ref / "videos").keys()  # no leftover temporaries
+    for sub in ("videos", "phase_annotations", "tool_annotations"):
+        assert {k: v[2] for k, v in snapshot(out / sub).items()} == {k: v[2] for k, v in snapshot(ref / sub).items()}
