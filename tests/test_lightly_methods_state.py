@@ -313,3 +313,39 @@ def test_teacher_stage_exports_a_teacher_for_every_new_method(tmp_path, method, 
     with torch.no_grad():
         assert torch.allclose(teacher(x), teacher.projector(public(x)), atol=1e-6)
         assert teacher(x).shape == (4, teacher.out_dim)
+
+
+DDP_CASES = {  # method -> (extra overrides, state_dict key, value expected after 2 steps of a global batch of 16)
+    "distill_nnclr": (["method.kwargs.queue_size=48"], "support.pointer", 32),     # gathered: 2 x 16 images
+    "distill_swav": (["method.kwargs.queue_size=16", "method.kwargs.queue_start_epoch=0"], "queue_filled", 16),  # per rank: 2 x 8
+    "distill_dino": ([], None, None),
+    "distill_barlow_twins": ([], None, None),
+    "distill_vicreg": ([], None, None),
+    "distill_simsiam": ([], None, None),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(DDP_CASES))
+def test_two_process_ddp_fit(tmp_path, method, image_dir, teacher_ckpt):
+    """`trainer.strategy=ddp trainer.devices=2` on CPU (gloo): every added method trains with its
+    collectives (NNCLR's gathered support set, SwAV's per-rank queue, DINO's all-reduced centre,
+    Barlow Twins' all-reduced correlation, VICReg's gathered statistics)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    base = method.removeprefix("distill_")
+    extra, key, expected = DDP_CASES[method]
+    cmd = [sys.executable, "-m", "solo_surgical.cli", "pretrain", *TINY, f"method={method}", f"data.root={image_dir}",
+           f"run.dir={tmp_path / 'run'}", "trainer.max_epochs=1", f"distill.teacher={teacher_ckpt}",
+           "distill.memory_size=48", "trainer.strategy=ddp", "trainer.devices=2", *SMALL.get(base, []), *extra]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2  # 32 images / (2 ranks x 8)
+    assert int(ckpt["state_dict"]["distill.memory.filled"]) == 32
+    if key is not None:
+        assert int(ckpt["state_dict"][key]) == expected
