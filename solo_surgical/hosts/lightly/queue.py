@@ -80,7 +80,7 @@ class KeyQueue(nn.Module):
             batch = gather_across_ranks(batch.transpose(0, 1).contiguous()).transpose(0, 1)
         n = batch.shape[1]
         if n > self.size:
-            raise UserError(f"MoCo queue of {self.size} keys cannot hold a global batch of {n}; "
+            raise UserError(f"key queue of {self.size} keys cannot hold a global batch of {n}; "
                             f"set method.kwargs.queue_size >= {n}")
         self.keys[:, next_ring_slots(self.pointer, n, self.size)] = batch
 
