@@ -10,7 +10,8 @@ measures, for ``<method>`` and ``distill_<method>`` side by side in one run:
     when the run's size differs, and at the end-to-end worker count. The loader is the same for
     both variants (``distill_<m>`` uses the augmentation of ``<m>``), so it is measured once.
 (b) step alone: images/s of a training step (forward, backward, optimiser, EMA/queue/memory
-    updates) on batches already on the device, plain and distilled interleaved round by round;
+    updates) on batches already on the device, plain and distilled interleaved round by round
+    (with ``--device-augment`` the cached batches are JPEG bytes and the step decodes and augments);
 (c) end to end: batches drawn from one running DataLoader (workers as ``data.num_workers=auto``
     resolves them, or ``--workers``), alternating plain and distilled steps so both see the same
     loader state and machine load;
@@ -71,7 +72,8 @@ def compose_run(args: argparse.Namespace, method: str, teacher: Path, image_size
         f"data.image_size={image_size or args.image_size}", f"data.batch_size={args.batch}",
         f"data.num_workers={args.workers if workers is None else workers}", f"distill.teacher={teacher}",
         f"distill.memory_size={args.memory}", f"method.kwargs.queue_size={max(args.memory, args.batch)}",
-        f"trainer.accelerator={'cuda' if args.gpu else 'cpu'}", "trainer.precision=auto", f"run.seed={args.seed}"])
+        f"trainer.accelerator={'cuda' if args.gpu else 'cpu'}", "trainer.precision=auto", f"run.seed={args.seed}",
+        f"data.device_augment={str(args.device_augment).lower()}"])
 
 
 def long_loader(cfg, work: Path, batches: int):
@@ -83,11 +85,11 @@ def long_loader(cfg, work: Path, batches: int):
     from solo_surgical.train.devices import run_loader_options
     from solo_surgical.train.runner import train_loader
 
-    dataset = train_loader(cfg, work).dataset
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * int(cfg.data.batch_size),
+    base = train_loader(cfg, work)
+    sampler = RandomSampler(base.dataset, replacement=True, num_samples=batches * int(cfg.data.batch_size),
                             generator=torch.Generator().manual_seed(int(cfg.run.seed)))
-    return DataLoader(dataset, batch_size=int(cfg.data.batch_size), sampler=sampler, drop_last=True,
-                      **run_loader_options(cfg).kwargs())
+    return DataLoader(base.dataset, batch_size=int(cfg.data.batch_size), sampler=sampler, drop_last=True,
+                      collate_fn=base.collate_fn, **run_loader_options(cfg).kwargs())
 
 
 def loader_rate(cfg, work: Path, batches: int) -> dict:
@@ -112,9 +114,9 @@ def loader_rate(cfg, work: Path, batches: int) -> dict:
     loader = long_loader(cfg, work, skip + max(batches, 2 * workers))
     cpu0 = children_cpu() if workers else time.process_time()
     it = iter(loader)
-    count = sum(int(next(it)[0][0].shape[0]) for _ in range(skip))
+    count = sum(len(next(it)[1]) for _ in range(skip))
     start = time.perf_counter()
-    timed = sum(int(views[0].shape[0]) for views, *_ in it)
+    timed = sum(len(batch[1]) for batch in it)
     seconds = time.perf_counter() - start
     count += timed
     del it, loader  # shuts the workers down and reaps them, so their CPU time is counted
@@ -126,11 +128,13 @@ def loader_rate(cfg, work: Path, batches: int) -> dict:
 
 
 def build(cfg, device: str):
+    from solo_surgical.train.device_data import device_views_for
     from solo_surgical.train.devices import prepare_model
-    from solo_surgical.train.runner import build_model
+    from solo_surgical.train.runner import build_model, method_transform
 
     model = prepare_model(build_model(cfg), "cuda" if device.startswith("cuda") else "cpu").to(device)
     model.train()
+    model.device_views = device_views_for(cfg, method_transform(str(cfg.method.name), cfg))
     if model.distill is not None:  # steady state: a full memory, as after the first epoch
         memory = model.distill.memory
         while int(memory.filled) < memory.size:
@@ -148,6 +152,8 @@ def make_step(model, optimizer, device: str, precision: str) -> Callable[[Any], 
     scaler = torch.amp.GradScaler("cuda") if str(precision).startswith("16") else None
 
     def step(batch) -> None:
+        if model.device_views is not None:  # data.device_augment: decode and augment count as the step's work
+            batch = (model.device_views(batch[0], device), batch[1])
         with autocast(device, precision):
             loss = model.training_step(batch, 0)
         optimizer.zero_grad(set_to_none=True)
@@ -164,6 +170,8 @@ def make_step(model, optimizer, device: str, precision: str) -> Callable[[Any], 
 
 def to_device(batch, device: str):
     views, index = batch[0], batch[1]
+    if isinstance(views[0], bytes):  # data.device_augment: JPEG bytes stay on the CPU for the decoder
+        return batch
     return [v.to(device, non_blocking=True) for v in views], index.to(device, non_blocking=True)
 
 
@@ -198,6 +206,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
                         help="torch CPU threads (default: OMP_NUM_THREADS, else torch's choice)")
     parser.add_argument("--fast", action="store_true", help="cuDNN autotuning, no deterministic kernels")
+    parser.add_argument("--device-augment", action="store_true",
+                        help="data.device_augment=true: the loader reads JPEG bytes; decode and views on the device "
+                             "(counted in the step)")
     parser.add_argument("--synth-videos", type=int, help="synthetic set: videos (default 4; --gpu 8)")
     parser.add_argument("--synth-seconds", type=float, default=30.0)
     parser.add_argument("--synth-fps", default=None, help="synthetic set: frames per second kept (default 2; --gpu 5)")
@@ -308,7 +319,7 @@ def main() -> None:
     print(f"distill / plain time per step: step alone {ratio['step_alone']:.3f}, end to end {ratio['end_to_end']:.3f}")
     setup = {"device": torch.cuda.get_device_name(0) if args.gpu else "cpu", "precision": precision,
              "cpus": available_cpus(), "threads": torch.get_num_threads(),
-             "deterministic": not args.fast, "data": str(args.data), "synthetic_set_seconds": round(made, 1),
+             "deterministic": not args.fast, "device_augment": args.device_augment, "data": str(args.data), "synthetic_set_seconds": round(made, 1),
              **{k: getattr(args, k) for k in ("method", "arch", "teacher_arch", "image_size", "batch", "memory",
                                              "workers", "loader_workers", "rounds", "warmup")}}
     print(f"setup: {json.dumps(setup)}")

@@ -26,6 +26,7 @@ from .config import global_batch_size, require
 from .rundir import (CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
                      start_launch)
 from .validate import validate_config
+from . import device_data
 from .devices import prepare_model, resolve_run_devices, run_loader_options
 
 
@@ -150,13 +151,16 @@ def train_loader(cfg: DictConfig, run_dir: Path) -> DataLoader:
         dataset = ImageFolderDataset(root, transform=transform)
     if len(dataset) < int(cfg.data.batch_size):
         raise UserError(f"{root}: {len(dataset)} images, fewer than data.batch_size={cfg.data.batch_size}")
+    collate = None
+    if device_data.enabled(cfg):  # JPEG bytes only; decoded and augmented on the device (device_data.py)
+        dataset, collate = device_data.jpeg_dataset(dataset)
     # workers / pinned memory / prefetch from the machine (devices.py; data.num_workers=auto)
     options = run_loader_options(cfg)
     # an explicit generator: the shuffling order depends on run.seed only, not on how much of the
     # global RNG model construction consumed
     generator = torch.Generator().manual_seed(int(cfg.run.seed))
     return DataLoader(dataset, batch_size=int(cfg.data.batch_size), shuffle=True, drop_last=True,
-                      generator=generator, **options.kwargs())
+                      generator=generator, collate_fn=collate, **options.kwargs())
 
 
 def _quiet_lightning() -> None:
@@ -218,6 +222,7 @@ def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch | Path | str)
     check_resume_fits(launch, model)
     resolve_run_devices(cfg)  # "auto" -> this machine's accelerator, precision, workers (recorded in config.yaml)
     model = prepare_model(model, str(cfg.trainer.accelerator))
+    model.device_views = device_data.device_views_for(cfg, method_transform(str(cfg.method.name), cfg))
     loader = train_loader(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, run_meta(cfg, str(cfg.backbone.name)))
     start_launch(launch, cfg)

@@ -168,6 +168,20 @@ class SSLMethod(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         return float(cosine_schedule(self.global_step, total, base, 1.0))
 
+    # --- data.device_augment: the batch is JPEG bytes, made into views on the device ------
+    device_views: Optional[Any] = None  # set by the runner (train/device_data.py)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if self.device_views is not None:
+            return batch  # the decoder reads the bytes on the CPU and writes its images on `device`
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.device_views is not None:
+            jpegs, index = batch
+            return self.device_views(jpegs, self.device), index
+        return batch
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning restores per-module modes by assigning `.training` (bypassing train()).
         if self.backbone_bn == "frozen":
