@@ -22,3 +22,17 @@ def test_finished_run_exports_a_torchvision_loadable_backbone(capsys, tmp_path, 
     result = model.load_state_dict(exported, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     assert torch.equal(model.conv1.weight, trained["conv1.weight"])
+
+
+def test_only_the_newest_epoch_checkpoints_are_kept(capsys, tmp_path, image_dir):
+    base = ["pretrain", *TINY, "method=simclr", f"data.root={image_dir}", "trainer.limit_train_batches=1"]
+    assert main([*base, f"run.dir={tmp_path / 'a'}", "trainer.max_epochs=5", "run.keep_checkpoints=2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == \
+        ["epoch-003.ckpt", "epoch-004.ckpt", "last.ckpt"]
+    # the default keeps three; a resume goes on pruning the same folder
+    assert main([*base, f"run.dir={tmp_path / 'b'}", "trainer.max_epochs=4"]) == 0
+    assert main([*base, f"run.dir={tmp_path / 'b'}", "trainer.max_epochs=6", "run.resume=last"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == \
+        ["epoch-003.ckpt", "epoch-004.ckpt", "epoch-005.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 5 and last["global_step"] == 6

@@ -187,7 +187,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Tr
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     checkpoint = ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename=CHECKPOINT_FILENAME,
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                                 auto_insert_metric_name=False, save_last=True,
+                                 # the newest k epoch checkpoints (by step), not all: 200 epochs x 200 MB
+                                 save_top_k=int(cfg.run.get("keep_checkpoints", -1)), monitor="step", mode="max",
                                  every_n_epochs=int(cfg.run.checkpoint_every_n_epochs),
                                  # never last-v1.ckpt: the run folder holds one run (see rundir.py)
                                  enable_version_counter=False)
