@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--loader-workers", type=int, default=1, help="workers of the per-worker loader figure")
     parser.add_argument("--loader-batches", type=int, help="batches timed per loader figure (default 6; --gpu 8)")
     parser.add_argument("--rounds", type=int, help="timed steps per variant, step alone and end to end "
-                                                   "(default 5; --gpu 30)")
+                                                   "(default 5; --gpu 20)")
     parser.add_argument("--warmup", type=int, help="untimed steps per variant first (default 1; --gpu 3)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
                         help="torch CPU threads (default: OMP_NUM_THREADS, else torch's choice)")
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    gpu_defaults = dict(arch="resnet50", image_size=224, batch=128, loader_batches=8, rounds=30, warmup=3, synth_videos=8,
+    gpu_defaults = dict(arch="resnet50", image_size=224, batch=128, loader_batches=8, rounds=20, warmup=3, synth_videos=8,
                         synth_fps="5")
     cpu_defaults = dict(arch="resnet18", image_size=64, batch=32, loader_batches=6, rounds=5, warmup=1, synth_videos=4,
                         synth_fps="2")
