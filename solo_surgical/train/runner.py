@@ -25,6 +25,7 @@ from ..methods import resolve_method
 from .config import global_batch_size, require
 from .rundir import (CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
                      start_launch)
+from .progress import EpochLines, progress_mode
 from .validate import validate_config
 from . import device_data
 from .devices import prepare_model, resolve_run_devices, run_loader_options
@@ -193,13 +194,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Tr
                                  every_n_epochs=int(cfg.run.checkpoint_every_n_epochs),
                                  # never last-v1.ckpt: the run folder holds one run (see rundir.py)
                                  enable_version_counter=False)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    show_bar, epoch_lines = progress_mode(trainer_kwargs.get("enable_progress_bar", True),
+                                          cfg.run.get("epoch_lines", True))
+    trainer_kwargs["enable_progress_bar"] = show_bar
+    progress = [EpochLines()] if epoch_lines else []
     try:
         return pl.Trainer(
-            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            **trainer_kwargs,
             default_root_dir=str(run_dir),
             # New log versions on resume (logs/version_N): Lightning would otherwise overwrite metrics.csv.
             logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tensorboard")],
-            callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), RunMetadata(meta)],
+            callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), RunMetadata(meta), *progress],
             plugins=[AtomicCheckpointIO()],
             enable_model_summary=False,
         )
