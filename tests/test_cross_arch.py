@@ -230,3 +230,20 @@ def test_zoo_dinov2_entries_convert_the_hub_layout(tmp_path):
     state["blocks.3.attn.extra"] = torch.zeros(2)
     with pytest.raises(CheckpointError, match="blocks.3.attn.extra"):
         convert_object(state, source=source, where="dinov2_vits14_pretrain.pth")
+
+
+def test_teacher_stage_reads_a_vit_architecture_from_the_file_alone(tmp_path):
+    """No backbone.name: the ViT's shape (here DINOv2 ViT-S/14's, at 28 px) is read from its keys."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=28, patch_size=14, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
+    path = tmp_path / "vits14_public.pth"
+    torch.save(vit.state_dict(), path)
+    module, arch, info = load_public_backbone(str(path), None)
+    assert arch == "vit:image=28,patch=14,layers=12,heads=6,hidden=384,mlp=1536"
+    assert info["source_layout"] == "torchvision"
+    x = torch.rand(2, 3, 28, 28)
+    vit.eval(), module.eval()
+    with torch.no_grad():  # the backbone is the published model minus its classifier
+        assert torch.allclose(vit.heads(module(x)), vit(x), atol=1e-5)

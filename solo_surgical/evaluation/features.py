@@ -74,8 +74,8 @@ def load_backbone(checkpoint: str | None, backbone: str | None, init_seed: int =
     :mod:`solo_surgical.checkpoints`) or a registered backbone name (random init, seeded by
     ``init_seed`` without touching the global generator: ``linear`` and ``extract`` given the same
     seed see the same random network)."""
-    from ..backbones import build_backbone
-    from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file
+    from ..backbones import build_backbone, infer_arch
+    from ..checkpoints import extract_backbone_state, load_backbone_state, load_file
 
     if checkpoint is None:
         if backbone is None:
@@ -96,7 +96,7 @@ def load_backbone(checkpoint: str | None, backbone: str | None, init_seed: int =
         name = (obj.get("backbone") or {}).get("arch") if isinstance(obj.get("backbone"), dict) else None
         hp_name = (obj.get("hyper_parameters") or {}).get("backbone")
         name = name or (hp_name if isinstance(hp_name, str) else None)
-    name = name or infer_resnet_arch(state)
+    name = name or infer_arch(state)
     if name is None:
         raise UserError(f"{checkpoint}: cannot tell the architecture; give --backbone")
     try:

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ..atomic import torch_save
-from ..backbones import build_backbone
-from ..checkpoints import extract_backbone_state, infer_resnet_arch, load_backbone_state, load_file, sha256_file
+from ..backbones import build_backbone, infer_arch
+from ..checkpoints import extract_backbone_state, load_backbone_state, load_file, sha256_file
 from ..data.images import ImageFolderDataset, generate_images
 from ..distill import DistillationHead, DistillConfig, check_global_batch, load_teacher, save_teacher_checkpoint
 from ..errors import UserError, doing
@@ -93,7 +93,7 @@ def load_public_backbone(source: str, arch_hint: Optional[str] = None) -> tuple[
     """
     obj = load_file(source)
     state, layout = extract_backbone_state(obj, source)
-    arch = (obj["backbone"]["arch"] if layout == "solo-surgical-teacher" else None) or infer_resnet_arch(state) or arch_hint
+    arch = (obj["backbone"]["arch"] if layout == "solo-surgical-teacher" else None) or infer_arch(state) or arch_hint
     if arch is None:
         raise UserError(f"{source}: cannot tell the architecture from its keys; set backbone.name")
     module, _ = build_backbone(arch)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..atomic import write_bytes, write_json
-from ..checkpoints import (CheckpointError, extract_backbone_state, fill_batchnorm_counters, infer_resnet_arch,
+from ..checkpoints import (CheckpointError, extract_backbone_state, fill_batchnorm_counters,
                            load_backbone_state)
 from ..errors import UserError
 from .manifest import ZooSource
@@ -92,7 +92,7 @@ def convert_object(obj: Any, source: Optional[ZooSource] = None, where: str | Pa
     Checked against ``source``: the detected layout, the prefix and container of the key mapping,
     that every discarded key matches a documented ``drop`` pattern, and the architecture.
     """
-    from ..backbones import build_backbone
+    from ..backbones import build_backbone, infer_arch
 
     state, layout = extract_backbone_state(obj, where)
     container = _container(obj, layout)
@@ -114,7 +114,7 @@ def convert_object(obj: Any, source: Optional[ZooSource] = None, where: str | Pa
         if undocumented:
             raise CheckpointError(f"{where}: converting as {source.name} would drop {len(undocumented)} keys the "
                                   f"manifest does not list ({', '.join(undocumented[:5])})")
-    inferred = infer_resnet_arch(state)
+    inferred = infer_arch(state)
     wanted = arch or (source.arch if source is not None else None)
     if wanted and inferred and wanted != inferred:
         raise CheckpointError(f"{where}: holds a {inferred}, expected {wanted}")
