@@ -64,4 +64,38 @@ def teacher(overrides: Overrides = None) -> Path:
     return Path(run_teacher_stage(compose_config("teacher", overrides)))
 
 
-__all__ = ["compose_config", "pretrain", "teacher"]
+def linear(config: "LinearConfig") -> dict[str, Any]:
+    """Linear probe (or fine-tuning) on a prepared folder; returns what ``OUT/linear.json`` holds
+    (``val_acc``, ``test_acc``, ...), exactly as ``solo-surgical linear``."""
+    from .evaluation.linear import run_linear
+
+    return run_linear(config)
+
+
+def extract(config: "ExtractArgs") -> dict[str, Any]:
+    """Per-video feature files (``solo-surgical extract``); returns the features index."""
+    from .evaluation.features import extract as extract_features
+
+    return extract_features(**config.__dict__)
+
+
+def temporal(config: "TemporalConfig") -> Path:
+    """MS-TCN on feature files (``solo-surgical temporal``); returns the output folder."""
+    from .evaluation.temporal_cli import run_temporal
+
+    return Path(run_temporal(config))
+
+
+def __getattr__(name: str) -> Any:
+    # the stage configs, imported on first use (torch-free until a stage runs)
+    homes = {"LinearConfig": ".evaluation.linear", "TemporalConfig": ".evaluation.temporal_cli",
+             "ExtractArgs": ".evaluation.features"}
+    if name in homes:
+        import importlib
+
+        return getattr(importlib.import_module(homes[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ExtractArgs", "LinearConfig", "TemporalConfig", "compose_config", "extract", "linear", "pretrain",
+           "teacher", "temporal"]

@@ -18,3 +18,40 @@ def test_registry_activates_the_lightly_host():
     code = "import sys, solo_surgical; solo_surgical.method_names(); print('lightly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "True"
+
+
+def _imports(path) -> set[str]:
+    """Absolute names of the solo_surgical modules a source file imports (relative imports resolved)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    parts = path.relative_to(root).with_suffix("").parts
+    package = parts[:-1]  # the package a relative import starts from (for __init__.py: its own)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            found |= {f"{name}.{a.name}" for a in node.names}
+    return {n for n in found if n.startswith("solo_surgical")}
+
+
+def test_import_direction_no_module_reaches_up_to_the_cli_and_the_core_to_no_host():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "solo_surgical"
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 30
+    cli_users = [str(p.relative_to(root)) for p in files
+                 if p.name not in ("cli.py", "__main__.py") and any(n == "solo_surgical.cli" for n in _imports(p))]
+    assert cli_users == [], cli_users  # stages are functions; only the entry point parses argv
+    core = [p for p in (root / "distill").rglob("*.py")] + [root / "checkpoints.py", root / "backbones.py"]
+    host_users = [str(p.relative_to(root)) for p in core if any(n.startswith("solo_surgical.hosts") for n in _imports(p))]
+    assert host_users == [], host_users

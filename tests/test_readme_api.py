@@ -82,3 +82,28 @@ def test_python_m_and_version_agree_with_the_installed_metadata():
     proc = subprocess.run([sys.executable, "-m", "solo_surgical", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"solo-surgical {version('solo-surgical')}" == f"solo-surgical {solo_surgical.__version__}"
+
+
+def test_evaluation_stages_as_functions_equal_the_commands(tmp_path, capsys):
+    """api.linear / extract / temporal give what the commands write, on a prepared synthetic set."""
+    import json
+
+    from solo_surgical import api
+    from solo_surgical.cli import main
+
+    from solo_surgical.data.commands import PrepareArgs, SynthArgs, run_prepare, run_synth
+
+    assert run_synth(SynthArgs(out=tmp_path / "raw", videos=8, seconds=8, size="96x64", seed=3)) == 0
+    data = tmp_path / "data"
+    assert run_prepare(PrepareArgs(dataset="cholec80", root=tmp_path / "raw", out=data, size=32)) == 0
+    common = ["--data", str(data), "--backbone", "tiny", "--image-size", "32", "--epochs", "3"]
+    assert main(["linear", *common, "--out", str(tmp_path / "cli")]) == 0
+    result = api.linear(api.LinearConfig(data=data, out=tmp_path / "py", backbone="tiny", image_size=32, epochs=3))
+    assert result == json.loads((tmp_path / "cli" / "linear.json").read_text())  # same numbers, same seed
+    assert 0 <= result["test_acc"] <= 100 and result["selection"].startswith("best validation accuracy")
+    index = api.extract(api.ExtractArgs(data_dir=str(data), out=str(tmp_path / "feats"), backbone="tiny",
+                                        image_size=32))
+    assert sorted(index["videos"]) == sorted(p.stem for p in (tmp_path / "feats").glob("video*.pt"))
+    out = api.temporal(api.TemporalConfig(features=tmp_path / "feats", out=tmp_path / "tcn", epochs=2, layers=2))
+    assert sorted(p.name for p in (out / "predictions").iterdir())
+    capsys.readouterr()

@@ -214,16 +214,6 @@ def data_complete(data: Path) -> bool:
     return (data / DATA_COMPLETE).is_file()
 
 
-def _cli(*argv: str) -> None:
-    """Run one of our sub-commands in-process; errors propagate as exceptions."""
-    from ..cli import build_parser
-
-    args = build_parser().parse_args([str(a) for a in argv])
-    code = args.func(args)
-    if code:
-        raise RuntimeError(f"`solo-surgical {argv[0]}` exited with status {code}")
-
-
 class Benchmark:
     def __init__(self, cfg: DictConfig, log: Callable[[str], None] = print) -> None:
         self.cfg = cfg
@@ -295,6 +285,8 @@ class Benchmark:
 
     # --- shared inputs -------------------------------------------------------------------
     def ensure_data(self) -> Path:
+        from ..data.commands import PrepareArgs, SynthArgs, run_prepare, run_synth
+
         cfg = self.cfg.data
         if cfg.prepared:
             self.data_dir = Path(str(cfg.prepared))
@@ -303,8 +295,9 @@ class Benchmark:
         if not cfg.raw and not (raw / "synth.json").is_file():
             s = cfg.synth
             self.log(f"synthesizing {s.videos} videos of {s.seconds}s into {raw}")
-            self._timed("synthesize", lambda: _cli("synth", "--out", raw, "--videos", s.videos, "--seconds",
-                                                   s.seconds, "--size", s.size, "--seed", s.seed))
+            self._timed("synthesize", lambda: run_synth(SynthArgs(out=raw, videos=int(s.videos), seconds=float(s.seconds),
+                                                                  size=str(s.size), seed=int(s.seed),
+                                                                  workers=min(4, os.cpu_count() or 1))))
         data = self.out / "data"
         if data_complete(data):
             self.data_dir = data  # prepared earlier, completely
@@ -312,8 +305,10 @@ class Benchmark:
         # A folder without the marker may be partial (a killed run): prepare resumes it, keeping
         # finished videos, and the marker is written last, once prepare reported no failure.
         self.log(f"preparing {raw} -> {data} at {cfg.fps} fps, {cfg.size}px")
-        self._timed("prepare", lambda: _cli("prepare", "--dataset", cfg.dataset, "--root", raw, "--out", data,
-                                            "--fps", cfg.fps, "--size", cfg.size, "--workers", 1))
+        status = self._timed("prepare", lambda: run_prepare(PrepareArgs(
+            dataset=str(cfg.dataset), root=raw, out=data, fps=str(cfg.fps), size=str(cfg.size), workers=1)))
+        if status:
+            raise UserError(f"{data}: prepare failed for some videos (see above); fix them and rerun")
         write_json(data / DATA_COMPLETE, {"raw": str(raw), "fps": cfg.fps, "size": cfg.size})
         self.data_dir = data
         return data
@@ -402,6 +397,9 @@ class Benchmark:
     # --- one cell ------------------------------------------------------------------------
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         from ..evaluation.evaluate import evaluate_dirs
+        from ..evaluation.features import extract
+        from ..evaluation.linear import LinearConfig, run_linear
+        from ..evaluation.temporal_cli import TemporalConfig, run_temporal
         from ..evaluation.metrics import json_ready
         from ..train.config import compose
         from ..train.runner import run_pretrain
@@ -417,14 +415,14 @@ class Benchmark:
             times["teacher"] = time.time() - start
         source = self._source_info(cell.source) if cell.source is not None else None
         work = self._fresh(final)
-        backbone: list[Any] = []
+        backbone: Optional[str] = None  # the architecture, where the file does not say it
         if cell.kind == "random":
             ckpt, arch = self.random_backbone(work, cell.seed)
-            backbone = ["--backbone", arch]
+            backbone = arch
         elif cell.kind == "public":
             ckpt = self.source_path(cell.source)
             if cell.source == "generic":  # a non-ResNet generic model's architecture is not in its keys
-                backbone = ["--backbone", str(cfg.generic.arch)]
+                backbone = str(cfg.generic.arch)
         else:
             method = f"distill_{cell.method}" if cell.kind == "distill" else cell.method
             extra = [f"distill.teacher={teacher}"] if cell.kind == "distill" else \
@@ -438,21 +436,23 @@ class Benchmark:
             ckpt = work / "pretrain" / "checkpoints" / "last.ckpt"
             times["pretrain"] = time.time() - start
 
-        common = ["--protocol", cfg.data.protocol]
+        protocol = str(cfg.data.protocol)
         start = time.time()
-        _cli("linear", "--data", self.data_dir, "--out", work / "linear", "--checkpoint", ckpt, *backbone, *common,
-             "--budget", cell.budget, "--epochs", cfg.linear.epochs, "--image-size", cfg.linear.image_size,
-             "--seed", cell.seed)
+        linear = run_linear(LinearConfig(
+            data=str(self.data_dir), out=str(work / "linear"), checkpoint=str(ckpt), backbone=backbone,
+            protocol=protocol, budget=cell.budget, epochs=int(cfg.linear.epochs),
+            image_size=int(cfg.linear.image_size), seed=cell.seed))
         times["linear"] = time.time() - start
         start = time.time()
-        _cli("extract", "--data", self.data_dir, "--out", work / "features", "--checkpoint", ckpt, *backbone,
-             *common, "--image-size", cfg.extract.image_size)
+        extract(self.data_dir, work / "features", str(ckpt), backbone, protocol=protocol,
+                image_size=int(cfg.extract.image_size))
         times["extract"] = time.time() - start
         start = time.time()
         t = cfg.temporal
-        _cli("temporal", "--features", work / "features", "--out", work / "temporal", *common,
-             "--budget", cell.budget, "--epochs", t.epochs, "--stages", t.stages, "--layers", t.layers,
-             "--channels", t.channels, "--seed", cell.seed, "--plots")
+        run_temporal(TemporalConfig(
+            features=str(work / "features"), out=str(work / "temporal"), protocol=protocol, budget=cell.budget,
+            epochs=int(t.epochs), stages=int(t.stages), layers=int(t.layers), channels=int(t.channels),
+            seed=cell.seed, plots=True))
         times["temporal"] = time.time() - start
 
         start = time.time()
@@ -466,7 +466,6 @@ class Benchmark:
             evaluation[str(protocol)] = {k: v["mean"] for k, v in doc["summary"].items()
                                          if isinstance(v, dict) and "mean" in v}
         times["evaluate"] = time.time() - start
-        linear = json.loads((work / "linear" / "linear.json").read_text())
         # where the probed backbone lies once the cell folder is final
         backbone_file = (final / "backbone" / Path(ckpt).name if cell.kind == "random" else Path(ckpt)
                          if cell.kind == "public" else final / "pretrain" / "checkpoints" / "last.ckpt")

@@ -8,7 +8,9 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 from ..errors import UserError
 
@@ -101,7 +103,50 @@ def register(subparsers) -> None:
     e.set_defaults(func=run_export)
 
 
-def run_prepare(args: argparse.Namespace) -> int:
+@dataclass
+class PrepareArgs:
+    """What ``solo-surgical prepare`` takes, for callers in Python (the benchmark). ``fps`` and ``size``
+    are read like the options (``"1"``, ``"1/5"``; ``64``, ``"192x108"``, ``0``)."""
+
+    dataset: str
+    root: Path
+    out: Path
+    fps: Any = "1"
+    size: Any = (250, 250)
+    keep_aspect: bool = False
+    quality: int = 90
+    no_crop: bool = False
+    workers: int = 1
+    phases: Optional[str] = None
+    videos: Optional[list[str]] = None
+
+    def __post_init__(self) -> None:
+        self.root, self.out = Path(self.root), Path(self.out)
+        self.fps = _fps(str(self.fps))
+        if not isinstance(self.size, tuple) and self.size is not None:
+            self.size = _size(str(self.size))
+
+
+@dataclass
+class SynthArgs:
+    """What ``solo-surgical synth`` takes, for callers in Python; ``size`` ``"192x108"`` or ``(192, 108)``."""
+
+    out: Path
+    videos: int = 8
+    seconds: float = 120.0
+    fps: int = 25
+    size: Any = (384, 216)
+    seed: int = 0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if not isinstance(self.size, tuple):
+            self.size = _size(str(self.size))
+
+
+def run_prepare(args: argparse.Namespace | PrepareArgs) -> int:
+    """Prepare a dataset (see ``prepare --help``); returns 0, or 1 when some videos failed."""
     from .prepare import Options, prepare
     from .registry import get_dataset
 
@@ -128,7 +173,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def run_synth(args: argparse.Namespace) -> int:
+def run_synth(args: argparse.Namespace | SynthArgs) -> int:
+    """Write the synthetic set (see ``synth --help``); returns 0."""
     from .synth import SynthConfig, synthesize
 
     if not 1 <= args.videos <= 80:

@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from .. import argtypes as at
 from ..atomic import torch_save, write_json
@@ -142,6 +142,24 @@ class _RecordImages:
         from ..data.datasets import load_rgb
 
         return self.transform(load_rgb(self.records[i].path)), i  # a corrupt frame: UserError naming it
+
+
+@dataclass
+class ExtractArgs:
+    """The arguments of :func:`extract` as one value (``solo_surgical.api.extract``)."""
+
+    data_dir: str
+    out: str
+    checkpoint: Optional[str] = None
+    backbone: Optional[str] = None
+    fps: Optional[float] = None
+    parts: Sequence[str] = ("train", "val", "test")
+    protocol: Optional[str] = None
+    image_size: int = 224
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    init_seed: int = 0
 
 
 def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backbone: str | None,

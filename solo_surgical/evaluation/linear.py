@@ -11,8 +11,10 @@ without validation videos keeps the last epoch and says so.
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 from .. import argtypes as at
 from ..atomic import torch_save, write_json
@@ -81,7 +83,62 @@ def train_probe(train_x, train_y, val_x, val_y, num_classes: int, epochs: int, l
     return head, mean, std, history, best_epoch
 
 
-def run_linear(args: Any) -> int:
+@dataclass
+class LinearConfig:
+    """Everything ``solo-surgical linear`` takes (same names as its options, ``--init-seed`` -> ``init_seed``).
+
+    ``lr`` None means 1e-3 (Adam for the probe, SGD for ``finetune``); ``budget`` is a fraction
+    (``0.5``), a percentage (``"50%"``) or a count of training videos; ``device`` ``auto`` picks CUDA
+    when available. Values are checked when the config is made (one-line :class:`UserError`).
+    """
+
+    data: str
+    out: str
+    checkpoint: Optional[str] = None
+    backbone: Optional[str] = None
+    init_seed: int = 0
+    finetune: bool = False
+    protocol: Optional[str] = None
+    budget: Union[str, float, int, None] = None
+    epochs: int = 10
+    lr: Optional[float] = None
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    image_size: int = 224
+    seed: int = 0
+    budget_seed: int = 0
+    workers: int = 0
+    threads: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.data, self.out = str(self.data), str(self.out)
+        self.checkpoint = None if self.checkpoint is None else str(self.checkpoint)
+        self.budget = None if self.budget is None else str(self.budget)
+        if self.lr is None:
+            self.lr = 1e-3
+        for name, low in (("epochs", 1), ("batch_size", 1), ("threads", 1), ("workers", 0), ("seed", 0),
+                          ("init_seed", 0), ("budget_seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"linear: {name}={value!r}: must be an integer >= {low}")
+        if not isinstance(self.image_size, int) or not at.MIN_IMAGE_SIZE <= self.image_size <= at.MAX_IMAGE_SIZE:
+            raise UserError(f"linear: image_size={self.image_size!r}: must be an integer from {at.MIN_IMAGE_SIZE} to {at.MAX_IMAGE_SIZE}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"linear: lr={self.lr!r} must be finite and > 0, weight_decay={self.weight_decay!r} >= 0")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise UserError(f"--out {self.out}: exists and is not a folder")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise UserError(f"--checkpoint {self.checkpoint}: checkpoint file not found")
+
+    @classmethod
+    def from_args(cls, args: Any) -> "LinearConfig":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def run_linear(args: LinearConfig) -> dict[str, Any]:
+    """Train the probe (or fine-tune) and score it; writes ``OUT/linear.json``, ``OUT/linear.ckpt`` and
+    per-video predictions; returns what ``linear.json`` holds (``val_acc``, ``test_acc``, history, ...)."""
     import torch
     from torch import nn
     from torchvision import transforms as T
@@ -173,7 +230,7 @@ def run_linear(args: Any) -> int:
     write_json(out / "linear.json", result)
     shown = {k: round(v, 2) for k, v in result.items() if k.endswith("_acc")}
     print(f"{result['mode']} {name}: {shown}; {result['selection']}; wrote {out / 'linear.json'}")
-    return 0
+    return result
 
 
 def add_parser(subparsers: Any) -> None:
@@ -203,10 +260,5 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _run(args: Any) -> int:
-    if args.lr is None:
-        args.lr = 1e-3
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UserError(f"--out {args.out}: exists and is not a folder")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: checkpoint file not found")
-    return run_linear(args)
+    run_linear(LinearConfig.from_args(args))
+    return 0

@@ -7,8 +7,10 @@ feature frames, to evaluate against when no ``--gt``), and ``ribbons/<video>.png
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -25,7 +27,56 @@ def hold_previous(source_frames: np.ndarray, values: np.ndarray, at: np.ndarray)
     return values[order][np.clip(pos, 0, None)]
 
 
-def run_temporal(args: Any) -> int:
+@dataclass
+class TemporalConfig:
+    """Everything ``solo-surgical temporal`` takes (same names as its options, ``--smooth-weight`` ->
+    ``smooth_weight``): an MS-TCN on the feature files of ``features``, predictions under ``out``."""
+
+    features: str
+    out: str
+    protocol: Optional[str] = None
+    stages: int = 2
+    layers: int = 9
+    channels: int = 64
+    acausal: bool = False
+    dropout: float = 0.5
+    smooth_weight: float = 0.15
+    epochs: int = 50
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    budget: Union[str, float, int, None] = None
+    budget_seed: int = 0
+    threads: int = 1
+    gt: Optional[str] = None
+    plots: bool = False
+
+    def __post_init__(self) -> None:
+        self.features, self.out = str(self.features), str(self.out)
+        self.gt = None if self.gt is None else str(self.gt)
+        self.budget = None if self.budget is None else str(self.budget)
+        for name, low in (("stages", 1), ("layers", 1), ("channels", 1), ("epochs", 1), ("seed", 0),
+                          ("budget_seed", 0), ("threads", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"temporal: {name}={value!r}: must be an integer >= {low}")
+        if not 0 <= self.dropout < 1 or not (math.isfinite(self.lr) and self.lr > 0) \
+                or not self.smooth_weight >= 0 or not self.weight_decay >= 0:
+            raise UserError(f"temporal: dropout={self.dropout} must be in [0, 1), lr={self.lr} > 0, "
+                            f"smooth_weight={self.smooth_weight} and weight_decay={self.weight_decay} >= 0")
+
+    @classmethod
+    def from_args(cls, args: Any) -> "TemporalConfig":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def _run(args: Any) -> int:
+    run_temporal(TemporalConfig.from_args(args))
+    return 0
+
+
+def run_temporal(args: TemporalConfig) -> Path:
+    """Train the temporal model and write its predictions (and ribbons with ``plots``); returns ``out``."""
     import torch
 
     from ..data.registry import get_dataset
@@ -102,7 +153,7 @@ def run_temporal(args: Any) -> int:
         fps = index.get("fps") or 1
         print(f"evaluate: solo-surgical evaluate --dataset {index['dataset']} --gt {args.gt or out / 'gt'} "
               f"--pred {out / 'predictions'} --fps {25 if args.gt else fps:g} --protocol relaxed")
-    return 0
+    return out
 
 
 def add_parser(subparsers: Any) -> None:
@@ -130,4 +181,4 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=at.threads, default=1)
     p.add_argument("--gt", help="ground-truth label files: write predictions at their frame indices")
     p.add_argument("--plots", action="store_true", help="phase ribbons of the test videos")
-    p.set_defaults(func=run_temporal)
+    p.set_defaults(func=_run)
