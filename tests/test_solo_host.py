@@ -119,7 +119,7 @@ def test_registration_is_complete_idempotent_and_refuses_a_taken_name(methods):
     for name in ("simclr", "mocov2plus", "moco", "byol", "barlow_twins"):
         assert f"distill_{name}" in methods and f"teacher_{name}" in methods
     assert methods["distill_moco"] is methods["distill_mocov2plus"]
-    assert not any(f"{k}_{n}" in methods for k in ("distill", "teacher") for n in ("base", "linear", "wmse", "mae"))
+    assert not any(f"{k}_{n}" in methods for k in ("distill", "teacher") for n in ("base", "linear", "mae"))
     assert register() == []
     clash = dict(methods)
     clash["distill_simclr"] = methods["simclr"]
@@ -233,3 +233,120 @@ def test_registration_through_hydra_plugin_discovery(train_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+# --- every eligible upstream method, plain / distill_ / teacher_ ----------------------------------
+# Tiny per-method settings (solo-learn's own required keys; sizes that fit a batch of 4).
+METHOD_OVERRIDES = {
+    "dino": ["++method_kwargs.num_prototypes=64"],
+    "ressl": ["++method_kwargs.temperature_q=0.1", "++method_kwargs.temperature_k=0.04"],
+    "swav": ["++method_kwargs.num_prototypes=16"],
+    "deepclusterv2": ["++method_kwargs.num_prototypes=[8,8]"],
+    "wmse": ["method_kwargs.proj_output_dim=2", f"++method_kwargs.whitening_size={BATCH}"],
+    "vibcreg": ["++method_kwargs.iternorm=True"],  # upstream's vibcreg.yaml trains with IterNorm
+}
+# The contract, stated here independently of the implementation: how to recompute the query of a
+# crop from its online backbone features, and its key from the online / momentum features.
+PREDICTOR_QUERY = {"byol", "nnbyol", "nnclr", "nnsiam", "simsiam", "all4one", "mocov3"}
+MOMENTUM_KEY = {"byol", "nnbyol", "mocov2plus", "mocov3", "ressl", "all4one"}
+
+
+def expected_query(model, name: str, feats: torch.Tensor) -> torch.Tensor:
+    if name == "dino":
+        return model.head.mlp(feats)  # the bottleneck, not the prototype scores
+    z = model.projector(feats)
+    return model.predictor(z) if name in PREDICTOR_QUERY else z
+
+
+def expected_key(model, name: str, feats: torch.Tensor, momentum_feats) -> torch.Tensor:
+    if name == "dino":
+        return model.momentum_head.mlp(momentum_feats)
+    if name in MOMENTUM_KEY:
+        return model.momentum_projector(momentum_feats)
+    return model.projector(feats)
+
+
+def eligible_methods() -> list[str]:
+    from solo.methods import METHODS
+
+    return sorted(n for n in METHODS if n not in ("base", "linear", "mae")
+                  and not n.startswith(("distill_", "teacher_")))
+
+
+def unit(t: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(t.detach().float(), dim=-1)
+
+
+def test_every_two_large_crop_method_is_registered(methods):
+    names = eligible_methods()
+    assert len(names) == 18 and "wmse" in names, names  # solo-learn 1.0.6: 18 two-large-crop methods
+    for name in names:
+        assert {f"distill_{name}", f"teacher_{name}"} <= set(methods), name
+
+
+@pytest.mark.parametrize("name", eligible_methods() if available() else [])
+def test_plain_method_trains(methods, train_dir, name):
+    model = methods[name](gen_cfg(name, train_dir, *METHOD_OVERRIDES.get(name, [])))
+    before = snapshot(model.backbone)
+    fast_dev_run(model)
+    after = model.backbone.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight")), "backbone did not learn"
+
+
+@pytest.mark.parametrize("name", eligible_methods() if available() else [])
+def test_distill_method_follows_its_contract(methods, train_dir, teacher_ckpt, name):
+    cfg = gen_cfg(f"distill_{name}", train_dir, f"distill.teacher={teacher_ckpt}", *METHOD_OVERRIDES.get(name, []))
+    model = methods[f"distill_{name}"](cfg)
+    online, momentum, checked = [], [], []
+    base_step, mom_forward = model.base_training_step, getattr(model, "momentum_forward", None)
+
+    def base_training_step(X, targets):
+        out = base_step(X, targets)
+        online.append(out["feats"].detach())
+        return out
+
+    def momentum_forward(X):
+        out = mom_forward(X)
+        momentum.append(out["feats"].detach())
+        return out
+
+    head_forward = model.distill.forward
+
+    def distill_forward(views, queries, keys):
+        with torch.no_grad():
+            for i in range(2):
+                q = expected_query(model, name, online[-2 + i])
+                k = expected_key(model, name, online[-2 + i], momentum[-2 + i] if momentum else None)
+                checked.append((torch.allclose(unit(queries[i]), unit(q), atol=1e-5),
+                                torch.allclose(unit(keys[i]), unit(k), atol=1e-5), tuple(queries[i].shape)))
+        return head_forward(views, queries, keys)
+
+    model.base_training_step = base_training_step
+    if mom_forward is not None:
+        model.momentum_forward = momentum_forward
+    model.distill.forward = distill_forward
+    fast_dev_run(model)
+    assert len(checked) == 4, "the distillation head was not called twice per step"
+    assert all(q for q, _, _ in checked), f"{name}: queries are not the contract's outputs"
+    assert all(k for _, k, _ in checked), f"{name}: keys are not the contract's outputs"
+    assert int(model.distill.memory.filled) == 2 * BATCH
+
+
+@pytest.mark.parametrize("name", eligible_methods() if available() else [])
+def test_teacher_stage_exports_the_methods_embedding(methods, train_dir, public_backbone, tmp_path, name):
+    out = tmp_path / f"{name}-teacher.pth"
+    cfg = gen_cfg(f"teacher_{name}", train_dir, f"teacher.source={public_backbone}", f"teacher.out={out}",
+                  *METHOD_OVERRIDES.get(name, []))
+    model = methods[f"teacher_{name}"](cfg)
+    fast_dev_run(model)
+    exported = torch.load(out, weights_only=False)
+    source = {k: v for k, v in torch.load(public_backbone).items() if not k.startswith("fc.")}
+    assert all(torch.equal(exported["backbone"]["state_dict"][k], v) for k, v in source.items())
+    meta = exported["meta"]
+    teacher = load_teacher(out, input_mean=meta["mean"], input_std=meta["std"])
+    x = torch.randn(3, 3, SIZE, SIZE)
+    model.eval()
+    with torch.no_grad():
+        feats = model.backbone(x)
+        expected = model.head.mlp(feats) if name == "dino" else model.projector(feats)
+    assert torch.allclose(unit(teacher(x)), unit(expected), atol=1e-5), f"{name}: the teacher embeds otherwise"

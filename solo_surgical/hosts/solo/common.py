@@ -8,8 +8,9 @@ here imports solo-learn: the mixins are combined with its classes by :mod:`.regi
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from ...backbones import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import UserError
+from .contracts import GENERIC, Contract, Source
 
 # solo-learn ignores augmentations[i].mean/std for these datasets and uses their published
 # statistics instead (facts of its pretrain pipeline); the teacher must be told the same.
@@ -37,6 +39,8 @@ class Captured:
     views: list[Tensor] = field(default_factory=list)
     online: list[dict[str, Any]] = field(default_factory=list)
     momentum: list[dict[str, Any]] = field(default_factory=list)
+    # outputs of the submodules a contract names (e.g. DINO's head.mlp), per crop, in call order
+    hooked: dict[Source, list[Tensor]] = field(default_factory=dict)
 
     def class_loss(self) -> Tensor:
         """The online (and momentum) classifiers' part of the loss, as solo-learn averages it."""
@@ -58,10 +62,35 @@ def _ignored_class_loss(out: dict[str, Any], targets: Tensor) -> None:
                 out[key] = torch.zeros_like(out[key])
 
 
+def module_sources(contract: Contract) -> list[Source]:
+    return [src for src in (contract.query, contract.key) if src is not None and src.module]
+
+
+@contextmanager
+def recording(model: torch.nn.Module, sources: Sequence[Source], store: dict[Source, list[Tensor]]) -> Iterator[None]:
+    """Forward hooks appending each named submodule's output to ``store[source]`` while inside."""
+    handles = []
+    try:
+        for src in sources:
+            try:
+                module = model.get_submodule(src.name)
+            except AttributeError:
+                raise UserError(f"{type(model).__name__}: the distillation contract names `{src.name}`, "
+                                f"which this solo-learn version does not have") from None
+            store.setdefault(src, [])
+            handles.append(module.register_forward_hook(
+                lambda _m, _inputs, output, src=src: store[src].append(output)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class CropCapture:
     """Mixin (placed before a solo-learn method class) that records the large crops of a step."""
 
     _captured: Optional[Captured] = None
+    solo_surgical_contract: Contract = GENERIC  # set per method by registry.derive
 
     def base_training_step(self, X: Tensor, targets: Tensor) -> dict[str, Any]:
         out = super().base_training_step(X, targets)  # type: ignore[misc]
@@ -82,7 +111,8 @@ class CropCapture:
         """Run the host method's own ``training_step``; return its loss and what it exposed."""
         self._captured = Captured()
         try:
-            loss = super().training_step(batch, batch_idx)  # type: ignore[misc]
+            with recording(self, module_sources(self.solo_surgical_contract), self._captured.hooked):  # type: ignore[arg-type]
+                loss = super().training_step(batch, batch_idx)  # type: ignore[misc]
             captured = self._captured
         finally:
             self._captured = None

@@ -5,12 +5,13 @@ classifier); :class:`~.common.CropCapture` records the two large crops and their
 and the head adds ``weight * KL`` (``ssl_weight`` scales the SSL part only, never the
 classifier's cross-entropy).
 
-Distillation contract (the same as the lightly host's):
+Distillation contract: per method, in :mod:`.contracts` (and the README's table). The rule:
 
-* queries: the online prediction ``p`` where the method has a predictor (BYOL, SimSiam,
-  MoCo v3, ...), else the online projection ``z`` (SimCLR, MoCo v2+, ...);
-* keys: the momentum projection ``z`` for momentum methods (``BaseMomentumMethod``), else the
-  detached online projection ``z``.
+* queries: the online embedding the method's loss moves, the prediction where the method has a
+  predictor (BYOL, SimSiam, MoCo v3's ``q``, ...), else the projection ``z`` (SimCLR, MoCo v2+, ...);
+* keys: the momentum projection for momentum methods (MoCo v3's ``k``), else the detached online
+  projection; never prototype scores (SwAV's and DeepCluster v2's ``p``, DINO's ``z``: DINO uses
+  the bottleneck of its head's MLP) nor nearest neighbours (NNCLR's support set).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from ...distill import DistillationHead, DistillConfig, check_global_batch, load_teacher
 from ...errors import UserError
-from .common import Captured, CropCapture, crop_size, global_batch, input_normalisation, select
+from .common import Captured, CropCapture, crop_size, global_batch, input_normalisation, module_sources, recording, select
+from .contracts import Source
 
 
 def distill_config(cfg: DictConfig) -> DistillConfig:
@@ -53,6 +55,10 @@ def add_and_assert_distill_cfg(cfg: DictConfig) -> DictConfig:
                         f"(make one with method=teacher_{base} teacher.source=PUBLIC_BACKBONE)")
     if not os.path.isfile(dcfg.teacher):
         raise UserError(f"distill.teacher={dcfg.teacher}: teacher checkpoint file not found")
+    large = select(cfg, "data.num_large_crops", 2)
+    if large != 2:  # main_pretrain lets wmse (and mae) use other counts; the KL pairs two views
+        raise UserError(f"{cfg.method}: the distillation needs exactly 2 large crops (augmentations' num_crops "
+                        f"of the large pipelines), got {large}")
     try:
         check_global_batch(dcfg, global_batch(cfg), "optimizer.batch_size x devices x nodes")
     except ValueError as exc:
@@ -77,27 +83,28 @@ class DistillMixin(CropCapture):
     def _probe_key_dim(self, size: int) -> int:
         """Size of the keys, found by one eval-mode forward of two blank crops (BN statistics untouched).
 
-        Probing (rather than trusting ``method_kwargs.proj_output_dim``) also covers methods whose
-        ``z`` is not the projector output (e.g. DINO's prototypes) and fails early, with the
-        method's name, if a method exposes no ``z``.
+        Probing (rather than trusting ``method_kwargs.proj_output_dim``) checks the contract against
+        this solo-learn version at construction, and fails with the method's name if an output it
+        names is missing or queries and keys differ in size.
         """
         was_training = self.training
         self.eval()
         try:
             x = torch.zeros(2, 3, size, size)
-            out = self(x)
-            if "z" not in out:
-                raise UserError(f"{self.cfg.method}: the method's forward returns no 'z' embedding "
-                                f"(keys: {sorted(out)}), so it cannot be distilled")
-            query = out.get("p", out["z"])
-            key = out["z"]
-            if hasattr(self, "momentum_forward"):
-                key = self.momentum_forward(x).get("z", key)
+            captured = Captured(views=[x, x])
+            with recording(self, module_sources(self.solo_surgical_contract), captured.hooked):
+                captured.online = [self(x)] * 2
+                if hasattr(self, "momentum_forward"):
+                    captured.momentum = [self.momentum_forward(x)] * 2
+            for src, outs in captured.hooked.items():  # each hooked module ran once; one output per crop
+                captured.hooked[src] = outs * 2
+            _, queries, keys = self.distill_inputs(captured)
         finally:
             self.train(was_training)
-        if query.shape[-1] != key.shape[-1]:
-            raise UserError(f"{self.cfg.method}: queries ({query.shape[-1]}) and keys ({key.shape[-1]}) differ in size")
-        return int(key.shape[-1])
+        if queries[0].shape[-1] != keys[0].shape[-1]:
+            raise UserError(f"{self.cfg.method}: queries ({queries[0].shape[-1]}) and keys ({keys[0].shape[-1]}) "
+                            f"differ in size")
+        return int(keys[0].shape[-1])
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
@@ -106,20 +113,27 @@ class DistillMixin(CropCapture):
         groups = super().learnable_params  # type: ignore[misc]
         return [{**g, "params": [p for p in g["params"] if id(p) not in teacher]} for g in groups]
 
+    def _embeddings(self, captured: Captured, src: Source) -> list[Tensor]:
+        """The two large crops' embeddings named by ``src`` (an output key or a hooked submodule)."""
+        if src.module:
+            found = captured.hooked.get(src, [])
+        else:
+            outs = captured.online if src.branch == "online" else captured.momentum
+            found = [o[src.name] for o in outs if src.name in o]
+        if len(found) != 2:
+            raise UserError(f"{self.cfg.method}: the distillation contract expects the {src.describe()} of the two "  # type: ignore[attr-defined]
+                            f"large crops, the step exposed {len(found)}; this solo-learn version is not supported")
+        return found
+
     def distill_inputs(self, captured: Captured) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor],
                                                            tuple[Tensor, Tensor]]:
-        """(views, queries, keys) of the two large crops, per the contract in the module docstring."""
-        online = captured.online
-        queries = tuple(o["p"] if "p" in o else o["z"] for o in online)
-        momentum_keys = [m["z"] for m in captured.momentum if "z" in m]
-        if len(momentum_keys) == 2:
-            keys = tuple(momentum_keys)
-        elif hasattr(self, "momentum_forward"):
-            raise UserError(f"{self.cfg.method}: the momentum forward of the two large crops was not "
-                            f"observed; this solo-learn version is not supported by the distillation wrapper")
-        else:
-            keys = tuple(o["z"].detach() for o in online)
-        return (captured.views[0], captured.views[1]), queries, keys  # type: ignore[return-value]
+        """(views, queries, keys) of the two large crops, per the method's contract (:mod:`.contracts`)."""
+        contract = self.solo_surgical_contract
+        query_src = contract.query or Source("online", "p" if "p" in captured.online[0] else "z")
+        key_src = contract.key or (Source("momentum", "z") if hasattr(self, "momentum_forward") else Source("online", "z"))
+        queries = self._embeddings(captured, query_src)
+        keys = [k.detach() for k in self._embeddings(captured, key_src)]  # the key side never gets gradients
+        return (captured.views[0], captured.views[1]), (queries[0], queries[1]), (keys[0], keys[1])
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
         loss, captured = self.captured_training_step(batch, batch_idx)

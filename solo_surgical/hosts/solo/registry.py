@@ -15,6 +15,7 @@ from typing import Callable, MutableMapping, Optional
 from omegaconf import DictConfig
 
 from ...errors import UserError
+from .contracts import contract_for
 from .distill import DistillMixin, add_and_assert_distill_cfg
 from .teacher import TeacherStageMixin, add_and_assert_teacher_cfg
 
@@ -22,9 +23,10 @@ KINDS: dict[str, tuple[type, Callable[[DictConfig], DictConfig], str]] = {
     "distill": (DistillMixin, add_and_assert_distill_cfg, "Distill"),
     "teacher": (TeacherStageMixin, add_and_assert_teacher_cfg, "Teacher"),
 }
-# solo-learn entries that are not two-large-crop SSL methods (main_pretrain allows other crop
-# counts only for wmse and mae; base and linear are not SSL methods).
-EXCLUDED = frozenset({"base", "linear", "wmse", "mae"})
+# solo-learn entries that are not two-large-crop SSL methods: base and linear are not SSL methods,
+# MAE reconstructs masked patches of one crop. (main_pretrain also lets wmse use other crop counts,
+# but its own recipes train it with two; distill_wmse refuses any other count at config time.)
+EXCLUDED = frozenset({"base", "linear", "mae"})
 # extra names, as in the lightly host: distill_moco == distill_mocov2plus
 ALIASES = {"moco": "mocov2plus"}
 # the methods the paper's recipe is tested with; every other eligible method gets the generic wrapper
@@ -33,8 +35,9 @@ PRIMARY = ("simclr", "mocov2plus", "byol")
 _DERIVED: dict[tuple[str, type], type] = {}
 
 
-def derive(kind: str, base: type) -> type:
-    """The ``kind`` ("distill" | "teacher") form of solo-learn method class ``base`` (cached)."""
+def derive(kind: str, base: type, method: Optional[str] = None) -> type:
+    """The ``kind`` ("distill" | "teacher") form of solo-learn method class ``base`` (cached), with the
+    distillation contract of the upstream method registered as ``method`` (:mod:`.contracts`)."""
     key = (kind, base)
     if key not in _DERIVED:
         mixin, validate, prefix = KINDS[kind]
@@ -48,6 +51,7 @@ def derive(kind: str, base: type) -> type:
             "__doc__": f"{base.__name__} ({base.__module__}) with solo-surgical's {mixin.__name__}.",
             "add_and_assert_specific_cfg": staticmethod(add_and_assert_specific_cfg),
             "solo_surgical_kind": kind, "solo_surgical_base": base,
+            "solo_surgical_contract": contract_for(method or ""),
         })
     return _DERIVED[key]
 
@@ -79,7 +83,7 @@ def register(methods: Optional[MutableMapping[str, type]] = None) -> list[str]:
         names = [base_name] + [alias for alias, target in ALIASES.items() if target == base_name]
         for kind in KINDS:
             for name in names:
-                planned[f"{kind}_{name}"] = derive(kind, cls)
+                planned[f"{kind}_{name}"] = derive(kind, cls, base_name)
     taken = [f"{name!r} (held by {methods[name].__module__}.{methods[name].__qualname__})"
              for name, cls in planned.items() if name in methods and methods[name] is not cls]
     if taken:  # check everything before writing anything: no half-registered state

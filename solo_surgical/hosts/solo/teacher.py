@@ -74,18 +74,35 @@ class TeacherStageMixin(CropCapture):
             load_backbone_state(module, state, source)  # strict: offending keys are listed
             for p in module.parameters():
                 p.requires_grad_(False)
-        for head in ("projector", "predictor"):
-            if isinstance(getattr(self, head, None), nn.Module):
+        projector, predictor = self.teacher_heads()
+        if projector is None:
+            raise UserError(f"{cfg.method}: the method has no `{self.solo_surgical_contract.projector}`, "
+                            f"so it has no teacher embedding")
+        for role, head in (("projector", projector), ("predictor", predictor)):
+            if head is not None:  # fail now, not after training: every head must serialise
                 try:
-                    describe_mlp(getattr(self, head))
+                    describe_mlp(head)
                 except TypeError as exc:
-                    raise UserError(f"{cfg.method}: its {head} cannot be exported as a teacher head ({exc})") from None
-        if not isinstance(getattr(self, "projector", None), nn.Module):
-            raise UserError(f"{cfg.method}: the method has no `projector`, so it has no teacher embedding")
+                    raise UserError(f"{cfg.method}: its {role} cannot be exported as a teacher head ({exc})") from None
         self.bn_mode: str = str(cfg.teacher.bn)
         self.teacher_out = Path(str(cfg.teacher.out))
         self.source_info = {"source": source, "source_sha256": sha256_file(source), "source_layout": layout}
         self.train(self.training)  # pin BatchNorm now, before any step
+
+    def teacher_heads(self) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
+        """(projector, predictor) the teacher exports, per the method's contract (:mod:`.contracts`):
+        the head giving the key-side embedding (DINO: ``head.mlp``, its bottleneck) and the predictor."""
+        contract = self.solo_surgical_contract
+
+        def find(path: Optional[str]) -> Optional[nn.Module]:
+            if path is None:
+                return None
+            try:
+                return self.get_submodule(path)  # type: ignore[attr-defined]
+            except AttributeError:
+                return None
+
+        return find(contract.projector), find(contract.predictor)
 
     def _pin_backbones(self) -> None:
         if getattr(self, "bn_mode", None) == "frozen":
@@ -112,12 +129,14 @@ class TeacherStageMixin(CropCapture):
         return [g for g in groups if g["params"]]
 
     def export_teacher(self, path: Optional[Path] = None) -> Path:
-        """Write the teacher checkpoint (backbone + projector [+ predictor] + metadata)."""
+        """Write the teacher checkpoint (backbone + projector [+ predictor] + metadata); heads outside
+        the plain Linear / BatchNorm / activation vocabulary are stored as their eval-mode graph
+        (see :mod:`solo_surgical.distill.mlp`)."""
         mean, std = input_normalisation(self.cfg)
-        predictor = getattr(self, "predictor", None)
+        projector, predictor = self.teacher_heads()
         return save_teacher_checkpoint(
             path or self.teacher_out, arch=str(self.cfg.backbone.name), backbone=self.backbone,
-            projector=self.projector, predictor=predictor if isinstance(predictor, nn.Module) else None,
+            projector=projector, predictor=predictor,
             meta={**self.source_info, "method": str(self.cfg.method).removeprefix("teacher_"), "host": "solo-learn",
                   "bn": self.bn_mode, "mean": mean, "std": std, "image_size": crop_size(self.cfg),
                   "steps": int(self.trainer.global_step) if self._trainer is not None else 0,
