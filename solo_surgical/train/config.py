@@ -30,18 +30,33 @@ def _store_methods() -> None:
         store.store(group="method", name=name, node={"name": resolved.name, "kwargs": kwargs})
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``solo_surgical/configs/<config_name>.yaml`` with Hydra overrides."""
+def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """Compose ``solo_surgical/configs/<config_name>.yaml`` with Hydra overrides.
+
+    With ``config_dir`` (``--config-path``), ``<config_dir>/<config_name>.yaml`` is the primary config
+    and the packaged configs stay on the search path, so a user's file can start from ours
+    (``defaults: [pretrain, _self_]``) the way solo-learn's ``scripts/pretrain/<dataset>/*.yaml`` do.
+    """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from hydra import initialize_config_dir, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     _store_methods()
     GlobalHydra.instance().clear()
+    if config_dir is not None:
+        folder = Path(config_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise UserError(f"--config-path {config_dir}: folder not found")
+        if not (folder / f"{config_name}.yaml").is_file():
+            raise UserError(f"--config-name {config_name}: {folder / (config_name + '.yaml')} not found")
+        context = initialize_config_dir(config_dir=str(folder), version_base="1.3")
+        overrides = [f"hydra.searchpath=[pkg://{CONFIG_MODULE}]", *overrides]
+    else:
+        context = initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3")
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        with context:
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -49,6 +64,23 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
             first += f" (registered methods: {', '.join(method_names(include_aliases=True))})"
         raise UserError(f"config {config_name}: {first}") from None
     return cfg
+
+
+def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra's multirun grammar (``method=simclr,byol``, ``optimizer.lr=range(1,4)``, ``choice(...)``):
+    one override list per job, the cartesian product of every swept key in the order given."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise UserError(f"overrides: {' '.join(str(exc).split())}") from None
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [o.input_line] for o in parsed]
+    return [list(job) for job in itertools.product(*axes)]
 
 
 def require(cfg: DictConfig, key: str, what: str) -> str:

@@ -183,6 +183,35 @@ def seed_run(cfg: DictConfig) -> None:
     pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
 
 
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+def build_loggers(names: Any, run_dir: Path) -> list[Any]:
+    """Lightning loggers by name (``run.loggers``): ``csv`` -> RUN_DIR/logs/version_N/metrics.csv,
+    ``tensorboard`` -> RUN_DIR/tensorboard/version_N, ``wandb`` (when installed; offline unless
+    ``WANDB_MODE`` says otherwise) -> RUN_DIR/wandb. Each launch gets a new version folder."""
+    names = [str(n) for n in (names or [])]
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise UserError(f"run.loggers: unknown {', '.join(unknown)} (known: {', '.join(LOGGERS)})")
+    loggers: list[Any] = []
+    for name in dict.fromkeys(names):
+        if name == "csv":
+            loggers.append(CSVLogger(str(run_dir), name="logs"))
+        elif name == "tensorboard":
+            loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard"))
+        else:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise UserError("run.loggers: wandb is not installed (pip install wandb)") from None
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(run_dir), project="solo-surgical",
+                                       offline=os.environ.get("WANDB_MODE", "offline") == "offline"))
+    return loggers
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Trainer:
     """Lightning's Trainer for the run folder; a value Lightning refuses ends in one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -204,7 +233,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Tr
             **trainer_kwargs,
             default_root_dir=str(run_dir),
             # New log versions on resume (logs/version_N): Lightning would otherwise overwrite metrics.csv.
-            logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tensorboard")],
+            logger=build_loggers(cfg.run.get("loggers", ["csv", "tensorboard"]), run_dir),
             callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), RunMetadata(meta), *progress],
             plugins=[AtomicCheckpointIO()],
             enable_model_summary=False,
