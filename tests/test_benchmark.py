@@ -45,6 +45,9 @@ def test_outputs_have_the_documented_structure(demo):
             assert (out / "cells" / cell / part).exists(), (cell, part)
         trained = not cell.startswith("frozen-")
         assert (out / "cells" / cell / "pretrain/checkpoints/last.ckpt").exists() == trained
+        # no record inside a finished cell names the temporary folder it was built in
+        assert not [p for p in (out / "cells" / cell).rglob("*") if p.suffix in (".yaml", ".json")
+                    and ".partial" in p.read_text()], cell
         if trained:  # a cell keeps its final weights only, however many epochs it trained
             assert sorted(p.name for p in (out / "cells" / cell / "pretrain/checkpoints").iterdir()) == ["last.ckpt"]
     assert (out / "teachers" / "generic-b1.0" / "teacher.pth").is_file()

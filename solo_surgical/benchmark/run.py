@@ -214,6 +214,19 @@ def data_complete(data: Path) -> bool:
     return (data / DATA_COMPLETE).is_file()
 
 
+def relocate_records(folder: Path, old: Path) -> list[Path]:
+    """After ``old`` was renamed to ``folder``: the configs and JSON records inside still name ``old``
+    (a run writes its own path into config.yaml); point them at ``folder``. Returns the files changed."""
+    changed = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".yaml", ".json") and path.is_file():
+            text = path.read_text()
+            if str(old) in text:
+                write_text(path, text.replace(str(old), str(folder)))
+                changed.append(path)
+    return changed
+
+
 class Benchmark:
     def __init__(self, cfg: DictConfig, log: Callable[[str], None] = print) -> None:
         self.cfg = cfg
@@ -364,6 +377,7 @@ class Benchmark:
         self._timed("teacher stage", lambda: run_teacher_stage(cfg))
         write_json(work / "settings.json", {**settings, "fingerprint": fingerprint(settings)})
         os.replace(work, final)
+        relocate_records(final, work)
         return final / "teacher.pth"
 
     def _method_overrides(self, method: str) -> list[str]:
@@ -479,6 +493,7 @@ class Benchmark:
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
+        relocate_records(final, work)
         return result
 
     # --- all cells -----------------------------------------------------------------------
