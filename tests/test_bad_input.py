@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +61,20 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world():
+    # Not under pytest's numbered basetemp: a pytest session started meanwhile (several run in parallel
+    # on the shared machine) removes all but the newest three, which deleted this folder mid-module.
+    w = Path(tempfile.mkdtemp(prefix="solo-surgical-bad-input-"))
+    try:
+        yield _build_world(w)
+    finally:
+        shutil.rmtree(w, ignore_errors=True)
+
+
+def _build_world(w: Path) -> Path:
     from solo_surgical.data.images import generate_images
     from solo_surgical.evaluation.labels import write_phase_file
 
-    w = tmp_path_factory.mktemp("world")
     generate_images(w / "images", count=16, size=32)
     make_teacher_checkpoint(w / "teacher.pth")
     _write_prepared(w / "data")
@@ -76,6 +86,12 @@ def world(tmp_path_factory):
     shutil.copytree(w / "images", w / "images_bad", ignore=lambda folder, names: ["00015.png"])
     shutil.copy(w / "data" / "video01" / "000000.jpg", w / "images_bad" / "zz_truncated.jpg")
     _truncate(w / "images_bad" / "zz_truncated.jpg")
+    # a prepared folder whose manifest lacks its keys, one with a malformed frames.tsv line
+    shutil.copytree(w / "data", w / "data_no_keys")
+    (w / "data_no_keys" / "manifest.json").write_text("{}\n")
+    shutil.copytree(w / "data", w / "data_bad_tsv")
+    with open(w / "data_bad_tsv" / "video01" / "frames.tsv", "a") as handle:
+        handle.write("4\tfour\t4.0\t0\n")
     (w / "random.ckpt").write_bytes(os.urandom(4096))
     (w / "a_file").write_text("not a folder\n")
     (w / "a_dir").mkdir()
@@ -92,6 +108,12 @@ def world(tmp_path_factory):
     for name in ("gt", "pred"):
         write_phase_file(w / name / (f"video50-phase.txt" if name == "gt" else "video50_pred.txt"),
                          list(range(0, 250, 25)), [C80[i % 3] for i in range(10)])
+    # features with one corrupt feature file; predictions with an unknown phase name
+    shutil.copytree(w / "feats", w / "feats_bad")
+    (w / "feats_bad" / "video02.pt").write_bytes(os.urandom(2048))
+    shutil.copytree(w / "pred", w / "pred_bad")
+    text = (w / "pred_bad" / "video50_pred.txt").read_text().replace("Preparation", "Teatime", 1)
+    (w / "pred_bad" / "video50_pred.txt").write_text(text)
     return w
 
 
@@ -168,8 +190,11 @@ CASES = [
     Case("data-truncated-image-in-worker",
          _pretrain("run.dir={W}/new_run_bad2", "data.root={W}/images_bad", "data.num_workers=1"),
          ["zz_truncated.jpg", "truncated"], may_create=True),
+    Case("data-truncated-prepared-frame", _pretrain("run.dir={W}/new_run_bad3", "data.root={W}/data_bad"),
+         ["data_bad/video01/000001.jpg", "truncated"], may_create=True),
+    Case("data-manifest-without-keys", _pretrain("data.root={W}/data_no_keys"), ["manifest.json", "malformed"]),
     # --- backbone, distillation, method ----------------------------------------------------
-    Case("backbone-unknown", _pretrain("backbone.name=vgg16"), ["backbone.name=vgg16", "resnet50", "tiny"]),
+    Case("backbone-unknown", _pretrain("backbone.name=resnet19"), ["backbone.name=resnet19", "resnet50", "tiny"]),
     Case("backbone-init-missing", _pretrain("backbone.init={W}/absent.pth"), ["backbone.init=", "absent.pth"]),
     Case("distill-weight-nan", _distill("distill.weight=nan"), ["distill.weight=nan"]),
     Case("distill-ssl-weight-inf", _distill("distill.ssl_weight=inf"), ["distill.ssl_weight=inf"]),
@@ -205,6 +230,8 @@ CASES = [
          ["plain method"]),
     Case("teacher-source-missing", _teacher("teacher.source={W}/absent.pth"), ["absent.pth"]),
     Case("teacher-source-random-bytes", _teacher("teacher.source={W}/random.ckpt"), ["random.ckpt"]),
+    Case("teacher-out-is-a-folder", _teacher("teacher.out={W}/a_dir"), ["teacher.out=", "a_dir", "folder"]),
+    Case("teacher-out-under-a-file", _teacher("teacher.out={W}/a_file/t.pth"), ["teacher.out=", "a_file", "not a folder"]),
     # --- extract -----------------------------------------------------------------------------
     Case("extract-image-size-zero", [*EXTRACT, "--image-size", "0"], ["--image-size", "0"]),
     Case("extract-image-size-huge", [*EXTRACT, "--image-size", "100000"], ["--image-size", "100000"]),
@@ -217,10 +244,14 @@ CASES = [
          ["absent", "manifest"]),
     Case("extract-checkpoint-random", ["extract", "--data", "{W}/data", "--out", "{W}/new_feats",
                                        "--checkpoint", "{W}/random.ckpt"], ["random.ckpt"]),
-    Case("extract-backbone-unknown", [*EXTRACT[:-4], "--backbone", "vgg16"], ["vgg16", "resnet50"]),
+    Case("extract-backbone-unknown", [*EXTRACT[:-4], "--backbone", "resnet19"], ["resnet19", "resnet50"]),
     Case("extract-out-is-a-file", ["extract", "--data", "{W}/data", "--out", "{W}/a_file", "--backbone", "tiny"],
          ["a_file", "not a folder"]),
     Case("extract-unknown-part", [*EXTRACT, "--parts", "train,bogus"], ["bogus"]),
+    Case("extract-unknown-protocol", [*EXTRACT, "--protocol", "bogus"], ["bogus", "standard"]),
+    Case("extract-malformed-frames-tsv", ["extract", "--data", "{W}/data_bad_tsv", "--out", "{W}/new_feats",
+                                          "--backbone", "tiny", "--image-size", "32"],
+         ["data_bad_tsv/video01/frames.tsv", "line 6"]),
     Case("extract-truncated-frame", ["extract", "--data", "{W}/data_bad", "--out", "{W}/new_feats", "--backbone",
                                      "tiny", "--image-size", "32"], ["000001.jpg", "truncated"], may_create=True),
     # --- linear ------------------------------------------------------------------------------
@@ -242,6 +273,8 @@ CASES = [
     Case("temporal-features-missing", ["temporal", "--features", "{W}/absent", "--out", "{W}/new_tcn"],
          ["absent", "features.json"]),
     Case("temporal-gt-missing", [*TEMPORAL, "--gt", "{W}/absent"], ["--gt", "absent"]),
+    Case("temporal-corrupt-feature-file", ["temporal", "--features", "{W}/feats_bad", "--out", "{W}/new_tcn"],
+         ["feats_bad/video02.pt", "not a feature file"]),
     # --- evaluate ----------------------------------------------------------------------------
     Case("evaluate-fps-zero", [*EVALUATE[:-4], "--fps", "0", "--protocol", "strict"], ["--fps 0"]),
     Case("evaluate-fps-nan", [*EVALUATE[:-4], "--fps", "nan", "--protocol", "strict"], ["--fps nan"]),
@@ -250,6 +283,8 @@ CASES = [
     Case("evaluate-gt-missing", ["evaluate", "--dataset", "cholec80", "--gt", "{W}/absent", "--pred", "{W}/pred",
                                  "--fps", "1", "--protocol", "strict"], ["absent"]),
     Case("evaluate-protocol-bogus", [*EVALUATE[:-2], "--protocol", "bogus"], ["--protocol", "bogus"]),
+    Case("evaluate-unknown-phase", ["evaluate", "--dataset", "cholec80", "--gt", "{W}/gt", "--pred", "{W}/pred_bad",
+                                    "--fps", "1", "--protocol", "strict"], ["video50_pred.txt", "Teatime"]),
     # --- zoo / export ------------------------------------------------------------------------
     Case("zoo-verify-missing", ["zoo", "verify", "{W}/absent.pth"], ["absent.pth", "not found"]),
     Case("zoo-verify-random-bytes", ["zoo", "verify", "{W}/random.ckpt"], ["random.ckpt"]),

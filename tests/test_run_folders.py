@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -21,6 +24,28 @@ from conftest import TINY
 
 # 32 images, batches of 8: 4 steps per epoch
 STEPS_PER_EPOCH = 4
+
+
+# Folders outside pytest's numbered basetemp: pytest sessions started meanwhile by others on the shared
+# machine remove all but the newest three basetemps, which can delete a folder while a test uses it.
+@pytest.fixture(scope="module")
+def image_dir():
+    from solo_surgical.data.images import generate_images
+
+    root = Path(tempfile.mkdtemp(prefix="solo-surgical-run-folders-"))
+    try:
+        yield generate_images(root / "images", count=32, size=32)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path():
+    root = Path(tempfile.mkdtemp(prefix="solo-surgical-run-folders-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _args(run: Path, image_dir: Path, *extra: str, method: str = "mocov2plus") -> list[str]:

@@ -193,6 +193,8 @@ def check_data(data: DictConfig) -> None:
     if not isinstance(data.augment, DictConfig):
         raise _fail("data.augment", data.augment, "must be a mapping of transform arguments (+data.augment.KEY=VALUE)")
     check_int("data.batch_size", data.batch_size, 1, MAX_BATCH)
+    if "device_augment" in data:
+        check_bool("data.device_augment", data.device_augment)
     if data.num_workers != "auto":  # auto: chosen from the machine (train/devices.py)
         check_int("data.num_workers", data.num_workers, 0, MAX_WORKERS)
     for key, positive in (("mean", False), ("std", True)):
@@ -259,6 +261,8 @@ def check_run(run: DictConfig) -> None:
     # 0: no epoch checkpoints, only last.ckpt (Lightning's every_n_epochs=0)
     check_int("run.checkpoint_every_n_epochs", run.checkpoint_every_n_epochs, 0)
     check_bool("run.overwrite", run.get("overwrite", False))
+    if "keep_checkpoints" in run:  # -1: every epoch checkpoint kept
+        check_int("run.keep_checkpoints", run.keep_checkpoints, -1)
     if run.resume is not None and not (isinstance(run.resume, str) and run.resume.strip()):
         raise _fail("run.resume", run.resume, "must be 'last' or a checkpoint path")
     if run.resume is not None and run.get("overwrite", False):
@@ -295,5 +299,10 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
         if not OmegaConf.is_missing(cfg.teacher, "source") and cfg.teacher.source is not None \
                 and not Path(str(cfg.teacher.source)).is_file():
             raise UserError(f"teacher.source={cfg.teacher.source}: checkpoint file not found")
-        if cfg.teacher.out is not None and Path(str(cfg.teacher.out)).is_dir():
-            raise UserError(f"teacher.out={cfg.teacher.out}: is a folder; give a file path")
+        if cfg.teacher.out is not None:  # written after training: a bad path must fail now, not then
+            out = Path(str(cfg.teacher.out))
+            if out.is_dir():
+                raise UserError(f"teacher.out={out}: is a folder; give a file path")
+            blocking = next((p for p in out.parents if p.exists()), None)
+            if blocking is not None and not blocking.is_dir():
+                raise UserError(f"teacher.out={out}: {blocking} is a file, not a folder")
