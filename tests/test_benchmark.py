@@ -312,3 +312,16 @@ def test_a_finished_teacher_is_reused_by_the_next_cell(demo, cache, monkeypatch)
     assert teacher.stat().st_mtime_ns == before  # reused, not retrained
     with pytest.raises(UserError, match="other settings"):
         Benchmark(_bench_cfg(out, "teacher.bn=recompute"), log=lambda m: None).ensure_teacher("generic", 1.0)
+
+
+def test_export_of_a_cell_carries_the_metrics_its_stages_wrote(demo, tmp_path, capsys):
+    out, _ = demo
+    cell = out / "cells" / "mocov2plus-distill-b1.0-s0"
+    assert main(["export", str(cell / "pretrain"), "--out", str(tmp_path / "card")]) == 0
+    card = json.loads((tmp_path / "card" / "card.json").read_text())
+    by_file = {e["file"]: e for e in card["evaluation"]}
+    assert set(by_file) == {"eval/linear.json", "eval/strict.json", "eval/matlab.json"}
+    result = json.loads((cell / "result.json").read_text())
+    assert by_file["eval/linear.json"]["metrics"]["test_acc"] == result["linear"]["test_acc"]
+    assert (tmp_path / "card" / "eval" / "strict.json").read_bytes() == (cell / "eval" / "strict.json").read_bytes()
+    capsys.readouterr()

@@ -115,10 +115,31 @@ def _flat_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def read_evaluations(eval_dir: Path) -> list[dict[str, Any]]:
-    """One record per ``eval/*.json``: its protocol and its numeric metrics."""
+def evaluation_files(run_dir: Path) -> list[tuple[Path, str]]:
+    """``(file, name in the export)`` of the metrics the stages write for this run: ``eval/*.json``
+    (``solo-surgical evaluate``) and ``linear/linear.json`` (``solo-surgical linear --out RUN_DIR/linear``),
+    in the run folder and, for a benchmark cell's ``pretrain/`` run, in the cell folder around it."""
+    places = [run_dir]
+    if run_dir.name == "pretrain" and (run_dir.parent / "result.json").is_file():
+        places.append(run_dir.parent)
+    found: list[tuple[Path, str]] = []
+    for place in places:
+        found += [(p, f"eval/{p.name}") for p in sorted((place / "eval").glob("*.json"))]
+        if (place / "linear" / "linear.json").is_file():
+            found.append((place / "linear" / "linear.json", "eval/linear.json"))
+    unique: dict[str, Path] = {}
+    for path, name in found:  # the run folder's own file wins over the cell's of the same name
+        unique.setdefault(name, path)
+    return [(path, name) for name, path in unique.items()]
+
+
+def read_evaluations(files: list[tuple[Path, str]] | Path) -> list[dict[str, Any]]:
+    """One record per metrics file (see :func:`evaluation_files`; a folder: its ``*.json``): the file's
+    name in the export, its protocol and its numeric metrics."""
+    if isinstance(files, Path):
+        files = [(p, f"eval/{p.name}") for p in sorted(files.glob("*.json"))] if files.is_dir() else []
     records = []
-    for path in sorted(eval_dir.glob("*.json")) if eval_dir.is_dir() else []:
+    for path, name in files:
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
@@ -130,7 +151,7 @@ def read_evaluations(eval_dir: Path) -> list[dict[str, Any]]:
         # per-phase tables stay in the copied file; the card keeps the overall numbers
         metrics = _flat_numbers({k: v for k, v in body.items()
                                  if k not in ("protocol", "fps") and not str(k).startswith("per_")})
-        record = {"file": f"eval/{path.name}", "protocol": obj.get("protocol"), "metrics": metrics}
+        record = {"file": name, "source": str(path), "protocol": obj.get("protocol"), "metrics": metrics}
         if obj.get("dataset") is not None:
             record["dataset"] = obj["dataset"]
         records.append(record)
@@ -189,7 +210,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, name: Optiona
     # DINO-style default (dino_resnet50); the hash in the file name tells runs apart.
     name = _slug(name or (f"{method}_{conversion.arch}" if isinstance(method, str) else run_dir.resolve().name))
     mean, std = _normalisation(config)
-    log_paths, eval_dir = find_logs(run_dir), run_dir / "eval"
+    log_paths, metric_files = find_logs(run_dir), evaluation_files(run_dir)
 
     staging = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -207,11 +228,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, name: Optiona
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run_dir / rel, staging / rel)
             log = {"files": files, **summarise_log(log_paths)}
-        evaluations = read_evaluations(eval_dir)
+        evaluations = read_evaluations(metric_files)
         if evaluations:
             (staging / "eval").mkdir()
             for record in evaluations:
-                shutil.copyfile(run_dir / record["file"], staging / record["file"])
+                shutil.copyfile(record.pop("source"), staging / record["file"])
         from .. import __version__
 
         card = {
