@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
-from solo_surgical.train.generic_model import cached_generic_model, scene_loss, scene_pool
-from solo_surgical.train.generic_scenes import GROUPS, LABELS, draw_scene
+from solo_surgical.zoo.generic_model import cached_generic_model, scene_loss, scene_pool
+from solo_surgical.zoo.generic_scenes import GROUPS, LABELS, draw_scene
 
 
 def test_scene_labels_follow_the_groups():

@@ -26,7 +26,7 @@ Layout of ``OUT``::
     results.csv results.json table.md plots/ timings.json
 
 The generic public model (teacher source ``generic``) lives in the per-user cache
-(:func:`solo_surgical.train.generic_model.cached_generic_model`), keyed by its settings.
+(:func:`solo_surgical.zoo.generic_model.cached_generic_model`), keyed by its settings.
 
 A cell or teacher is built in a ``.<name>.partial`` folder that is renamed when complete, so
 a finished cell is never recomputed and an interrupted one restarts from scratch.
@@ -171,7 +171,7 @@ def _describe(diffs: list[str], limit: int = 4) -> str:
 def _source_settings(cfg: DictConfig, source: str) -> dict:
     if source != "generic":
         return {"path": str(source)}
-    from ..train import generic_model
+    from ..zoo import generic_model
 
     return {"generic": _plain(cfg.generic), "recipe": getattr(generic_model, "GENERIC_RECIPE_VERSION", None)}
 
@@ -332,7 +332,7 @@ class Benchmark:
             if source != "generic":
                 self._sources[source] = Path(source)
             else:
-                from ..train.generic_model import cached_generic_model
+                from ..zoo.generic_model import cached_generic_model
 
                 settings = _plain(self.cfg.generic)
                 self._sources[source] = Path(self._timed("generic public model", lambda: cached_generic_model(
@@ -542,7 +542,7 @@ class Benchmark:
         probes = [r for r in results if r["variant"].split("@")[0] == "public" and r.get("teacher_source") == "generic"]
         if not probes or "generic" not in self._sources:
             return
-        from ..train.generic_model import record_probe
+        from ..zoo.generic_model import record_probe
 
         per_budget: dict[str, list[float]] = {}
         for r in probes:

@@ -2,7 +2,7 @@
 
 Public checkpoints cannot be downloaded on every machine, so the embedded default needs its
 own "public generic model": a ResNet trained with labels on a procedurally generated generic
-domain (:mod:`solo_surgical.train.generic_scenes`: textured scenes with many object kinds and
+domain (:mod:`solo_surgical.zoo.generic_scenes`: textured scenes with many object kinds and
 colours, nothing surgical), saved in torchvision's ResNet state-dict format (``fc.*`` included,
 file named ``<arch>-<first 8 hex of SHA-256>.pth`` like torchvision's) so that the teacher stage
 treats it exactly like a downloaded ImageNet checkpoint.
@@ -82,7 +82,7 @@ def train_generic_model(out_dir: str | Path, arch: str = "tiny", scenes: int = 2
     """Train ``arch`` to name what generic scenes hold; save a torchvision-layout state dict; return its path.
 
     A fixed set of ``scenes`` generated scenes (the "large generic dataset"), ``epochs`` passes with
-    horizontal flips, one output per label of :data:`~solo_surgical.train.generic_scenes.LABELS`
+    horizontal flips, one output per label of :data:`~solo_surgical.zoo.generic_scenes.LABELS`
     trained with :func:`scene_loss`, AdamW with a one-cycle schedule. An existing model in
     ``out_dir`` is reused.
     """
@@ -122,7 +122,7 @@ def train_generic_model(out_dir: str | Path, arch: str = "tiny", scenes: int = 2
     path = out_dir / f"{arch}-{digest[:8]}.pth"
     # the sidecar first: the .pth appearing is what marks the model as finished (see the reuse check)
     write_json(path.with_suffix(".json"),
-               {"arch": arch, "sha256": digest, "domain": "generic scenes (solo_surgical.train.generic_scenes)",
+               {"arch": arch, "sha256": digest, "domain": "generic scenes (solo_surgical.zoo.generic_scenes)",
                 "labels": list(LABELS), "scenes": scenes, "epochs": epochs, "batch": batch, "lr": lr,
                 "image_size": size, "seed": seed,
                 "recipe": GENERIC_RECIPE_VERSION, "heldout": scores, "train_seconds": round(time.time() - start, 1),
