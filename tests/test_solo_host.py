@@ -207,6 +207,7 @@ def test_checkpoint_interchange(methods, train_dir, teacher_ckpt, tmp_path):
     ("distill.teacher=/nonexistent/teacher.pth", "not found"),
     ("distill.memory_size=2", "smaller than the global batch"),
     ("+distill.wieght=2", "unknown keys"),
+    ("augmentations.0.num_crops=3", "exactly 2 large crops"),
 ])
 def test_bad_distill_config(methods, train_dir, teacher_ckpt, override, message):
     cfg = gen_cfg("distill_mocov2plus", train_dir, f"distill.teacher={teacher_ckpt}", override)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -67,8 +67,10 @@ def module_sources(contract: Contract) -> list[Source]:
 
 
 @contextmanager
-def recording(model: torch.nn.Module, sources: Sequence[Source], store: dict[Source, list[Tensor]]) -> Iterator[None]:
-    """Forward hooks appending each named submodule's output to ``store[source]`` while inside."""
+def recording(model: torch.nn.Module, sources: Sequence[Source], store: dict[Source, list[Tensor]],
+              active: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    """Forward hooks appending each named submodule's output to ``store[source]`` while inside
+    (and while ``active()``: a step records only the forwards of its large crops)."""
     handles = []
     try:
         for src in sources:
@@ -79,7 +81,7 @@ def recording(model: torch.nn.Module, sources: Sequence[Source], store: dict[Sou
                                 f"which this solo-learn version does not have") from None
             store.setdefault(src, [])
             handles.append(module.register_forward_hook(
-                lambda _m, _inputs, output, src=src: store[src].append(output)))
+                lambda _m, _inputs, output, src=src: store[src].append(output) if active() else None))
         yield
     finally:
         for handle in handles:
@@ -90,10 +92,15 @@ class CropCapture:
     """Mixin (placed before a solo-learn method class) that records the large crops of a step."""
 
     _captured: Optional[Captured] = None
+    _in_large_crop: bool = False  # inside the online / momentum forward of a large crop
     solo_surgical_contract: Contract = GENERIC  # set per method by registry.derive
 
     def base_training_step(self, X: Tensor, targets: Tensor) -> dict[str, Any]:
-        out = super().base_training_step(X, targets)  # type: ignore[misc]
+        self._in_large_crop = True
+        try:
+            out = super().base_training_step(X, targets)  # type: ignore[misc]
+        finally:
+            self._in_large_crop = False
         _ignored_class_loss(out, targets)
         if self._captured is not None:
             self._captured.views.append(X)
@@ -101,7 +108,11 @@ class CropCapture:
         return out
 
     def _shared_step_momentum(self, X: Tensor, targets: Tensor) -> dict[str, Any]:
-        out = super()._shared_step_momentum(X, targets)  # type: ignore[misc]
+        self._in_large_crop = True
+        try:
+            out = super()._shared_step_momentum(X, targets)  # type: ignore[misc]
+        finally:
+            self._in_large_crop = False
         _ignored_class_loss(out, targets)
         if self._captured is not None:
             self._captured.momentum.append(out)
@@ -111,7 +122,8 @@ class CropCapture:
         """Run the host method's own ``training_step``; return its loss and what it exposed."""
         self._captured = Captured()
         try:
-            with recording(self, module_sources(self.solo_surgical_contract), self._captured.hooked):  # type: ignore[arg-type]
+            with recording(self, module_sources(self.solo_surgical_contract), self._captured.hooked,  # type: ignore[arg-type]
+                           active=lambda: self._in_large_crop):
                 loss = super().training_step(batch, batch_idx)  # type: ignore[misc]
             captured = self._captured
         finally:
