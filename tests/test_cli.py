@@ -41,8 +41,8 @@ def test_methods_lists_registry(capsys):
 
 
 def test_unknown_method(capsys, tmp_path, image_dir):
-    code, _, err = _run(capsys, *_base(tmp_path, image_dir, "method=distill_swav"))
-    assert code == 2 and "distill_swav" in _error_line(err) and "mocov2plus" in _error_line(err)
+    code, _, err = _run(capsys, *_base(tmp_path, image_dir, "method=distill_nosuch"))
+    assert code == 2 and "distill_nosuch" in _error_line(err) and "mocov2plus" in _error_line(err)
 
 
 def test_missing_teacher_file(capsys, tmp_path, image_dir):
