@@ -524,3 +524,27 @@ def test_export_of_a_folder_without_checkpoint_is_one_line(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["export", str(tmp_path / "run")]) == 2
     assert "last.ckpt: not found" in one_line_error(capsys)
+
+
+def test_teacher_source_takes_zoo_names(tmp_path, capsys):
+    """`teacher.source=dino-resnet50` uses the zoo's cached file (hash or layout checked), as a path would."""
+    from solo_surgical.data.images import generate_images
+
+    torch.manual_seed(0)
+    cached = zoo_fetch.cache_dir() / "dino_resnet50_pretrain.pth"
+    cached.parent.mkdir(parents=True)
+    state = {k: v for k, v in torchvision.models.resnet50(weights=None).state_dict().items() if not k.startswith("fc.")}
+    torch.save(state, cached)
+    images = generate_images(tmp_path / "images", count=16, size=32)
+    common = ["data.image_size=32", "data.batch_size=8", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+              f"data.root={images}", "method.kwargs.proj_hidden_dim=32", "method.kwargs.proj_output_dim=16",
+              "method.kwargs.queue_size=16"]
+    assert main(["teacher", *common, "teacher.source=dino-resnet50", f"run.dir={tmp_path / 'teacher'}"]) == 0
+    saved = torch.load(tmp_path / "teacher" / "teacher.pth", map_location="cpu", weights_only=False)
+    assert saved["meta"]["zoo_name"] == "dino-resnet50" and saved["meta"]["source_sha256"] == sha256(cached)
+    assert saved["backbone"]["arch"] == "resnet50"
+    assert all(torch.equal(saved["backbone"]["state_dict"][k], v) for k, v in state.items())
+    capsys.readouterr()
+    # a name that is neither a file nor in the zoo: one line, nothing written
+    assert main(["teacher", *common, "teacher.source=no-such-model", f"run.dir={tmp_path / 'x'}"]) == 2
+    assert "no-such-model" in one_line_error(capsys) and not (tmp_path / "x").exists()

@@ -327,10 +327,12 @@ class Benchmark:
         return data
 
     def source_path(self, source: str) -> Path:
-        """The public checkpoint: a path, or the cached generic public model for the config's settings."""
+        """The public checkpoint: a path, a zoo name, or the cached generic public model for the config's settings."""
         if source not in self._sources:
-            if source != "generic":
-                self._sources[source] = Path(source)
+            if source != "generic":  # a file, or a zoo name (fetched into the zoo cache, hash checked)
+                from ..zoo.fetch import resolve_local
+
+                self._sources[source] = resolve_local(source)
             else:
                 from ..zoo.generic_model import cached_generic_model
 

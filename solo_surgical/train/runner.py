@@ -269,6 +269,7 @@ def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch | Path | str)
 
 
 def run_pretrain(cfg: DictConfig) -> Path:
+    resolve_sources(cfg)
     validate_config(cfg, "pretrain")
     launch = plan_launch(cfg)
     seed_run(cfg)
@@ -289,9 +290,31 @@ def export_backbone(backbone: torch.nn.Module, path: Path) -> Path:
     return torch_save({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, path)
 
 
+def resolve_sources(cfg: DictConfig) -> dict[str, str]:
+    """``teacher.source`` and ``backbone.init`` may name a zoo entry (``tv-resnet50-v1``, ``mocov2-800ep``):
+    replace it by the local file (fetched into the zoo cache, or found there, hash checked), before
+    any check or write. Returns ``{key: zoo name}`` for what was replaced."""
+    from ..zoo.fetch import resolve_local
+
+    named = {}
+    for key in ("teacher.source", "backbone.init"):
+        value = OmegaConf.select(cfg, key, throw_on_missing=False) if not OmegaConf.is_missing(cfg, key) else None
+        if value is not None and not Path(str(value)).expanduser().is_file():
+            try:
+                local = resolve_local(str(value))
+            except UserError as exc:  # name the config key, as every other config refusal does
+                raise UserError(f"{key}={value}: {str(exc).removeprefix(str(value) + ': ')}") from None
+            if str(local) != str(value):
+                named[key] = str(value)
+                OmegaConf.update(cfg, key, str(local))
+    return named
+
+
 def run_teacher_stage(cfg: DictConfig) -> Path:
     """Freeze a public backbone, train the method's heads on surgical frames, export a teacher."""
-    source = require(cfg, "teacher.source", "the public backbone checkpoint (torchvision, MoCo v2 or ours)")
+    require(cfg, "teacher.source", "the public backbone checkpoint (torchvision, MoCo v2 or ours)")
+    zoo_names = resolve_sources(cfg)
+    source = str(cfg.teacher.source)
     validate_config(cfg, "teacher")
     seed_run(cfg)
     backbone, arch, info = load_public_backbone(source, str(cfg.backbone.name))
@@ -305,7 +328,8 @@ def run_teacher_stage(cfg: DictConfig) -> Path:
         heads = model.embedding_heads()
         save_teacher_checkpoint(
             out, arch=arch, backbone=model.backbone, projector=heads["projector"], predictor=heads.get("predictor"),
-            meta={**info, "method": model.method_name, "bn": str(cfg.teacher.bn), "mean": list(cfg.data.mean),
+            meta={**info, **({"zoo_name": zoo_names["teacher.source"]} if "teacher.source" in zoo_names else {}),
+                  "method": model.method_name, "bn": str(cfg.teacher.bn), "mean": list(cfg.data.mean),
                   "std": list(cfg.data.std), "image_size": int(cfg.data.image_size),
                   "steps": int(trainer.global_step), "method_kwargs": model.hparams_dict()})
     return out
