@@ -325,3 +325,20 @@ def test_export_of_a_cell_carries_the_metrics_its_stages_wrote(demo, tmp_path, c
     assert by_file["eval/linear.json"]["metrics"]["test_acc"] == result["linear"]["test_acc"]
     assert (tmp_path / "card" / "eval" / "strict.json").read_bytes() == (cell / "eval" / "strict.json").read_bytes()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("override,named", [
+    ("pretrain.trainer.max_epochs=-5", "trainer.max_epochs=-5"),
+    ("+pretrain.optimizer.lr=nan", "optimizer.lr=nan"),
+    ("+pretrain.trainer.foo=1", "trainer.foo"),
+    ("pretrain.data.image_size=0", "data.image_size=0"),
+    ("linear.epochs=0", "epochs=0"),
+    ("temporal.layers=0", "layers=0"),
+])
+def test_bad_stage_values_are_refused_before_any_work(tmp_path, capsys, override, named):
+    out = tmp_path / "bench"
+    code = main(["benchmark", f"out={out}", *QUICK, override])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("solo-surgical: error:")]
+    assert code == 2 and len(lines) == 1 and named in lines[0] and "Traceback" not in err, err
+    assert not out.exists()  # nothing synthesized, prepared or recorded

@@ -499,8 +499,35 @@ class Benchmark:
         return result
 
     # --- all cells -----------------------------------------------------------------------
+    def check_stage_values(self, cells: list[Cell]) -> None:
+        """Every stage's values, checked before anything is prepared or trained: the pretraining config
+        of each trained method (as its cells will compose it), the linear probe's and the temporal
+        model's settings. A bad value ends in the same one line as on the stage's own command."""
+        from ..evaluation.linear import LinearConfig
+        from ..evaluation.temporal_cli import TemporalConfig
+        from ..train.config import compose
+        from ..train.validate import validate_config
+
+        cfg = self.cfg
+        methods = sorted({cell.method for cell in cells if not cell.frozen} |
+                         ({str(cfg.teacher.method)} if any(c.kind == "distill" for c in cells) else set()))
+        for method in methods:
+            composed = compose("pretrain", [*KEEP_LAST_ONLY, *as_overrides(cfg.pretrain), f"method={method}",
+                                            *self._method_overrides(method), "data.root=null",
+                                            f"run.dir={self.out / 'cells' / '.check'}"])
+            try:
+                validate_config(composed, "pretrain")
+            except UserError as exc:
+                raise UserError(f"benchmark: pretrain ({method}): {exc}") from None
+        t = cfg.temporal
+        LinearConfig(data="-", out=str(self.out / "cells" / ".check"), epochs=int(cfg.linear.epochs),
+                     image_size=int(cfg.linear.image_size))
+        TemporalConfig(features="-", out=str(self.out / "cells" / ".check"), epochs=int(t.epochs),
+                       stages=int(t.stages), layers=int(t.layers), channels=int(t.channels))
+
     def run(self) -> tuple[list[dict], dict[str, str]]:
         cells = plan_cells(self.cfg)
+        self.check_stage_values(cells)
         self.out.mkdir(parents=True, exist_ok=True)
         plan_changes = self.check_config()
         self.check_cells(cells)
