@@ -34,3 +34,20 @@ def test_each_epoch_prints_one_line_with_its_losses(capsys, tmp_path, image_dir)
     assert "\r" not in err
     assert main([*args, f"run.dir={tmp_path / 'quiet'}", "run.epoch_lines=false"]) == 0
     assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+
+
+def test_a_value_logged_per_step_and_per_epoch_is_shown_once():
+    import torch
+
+    from solo_surgical.train.progress import EpochLines
+
+    class _Trainer:
+        global_rank, current_epoch, max_epochs, global_step, optimizers = 0, 1, 4, 10, []
+        callback_metrics = {"train/loss": torch.tensor(2.0), "train/loss_step": torch.tensor(3.0),
+                            "train/loss_epoch": torch.tensor(2.0), "train/kl_epoch": torch.tensor(0.5),
+                            "val/acc": torch.tensor(1.0)}
+
+    stream = io.StringIO()
+    EpochLines(stream).on_train_epoch_end(_Trainer(), None)
+    line = stream.getvalue()
+    assert line.startswith("epoch 2/4  step 10  kl 0.5  loss 2  (") and "val" not in line and line.count("loss") == 1

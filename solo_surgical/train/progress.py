@@ -50,8 +50,10 @@ class EpochLines(Callback):
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
         metrics: dict[str, Any] = trainer.callback_metrics
         for key in sorted(metrics):
-            if key.startswith("train/"):
-                parts.append(f"{key[len('train/'):]} {_format(float(metrics[key]))}")
+            # values logged both per step and per epoch appear three times (x, x_step, x_epoch): keep x
+            base = key.removesuffix("_step").removesuffix("_epoch")
+            if key.startswith("train/") and (key == base or base not in metrics):
+                parts.append(f"{base[len('train/'):]} {_format(float(metrics[key]))}")
         lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
         if lrs:
             parts.append(f"lr {_format(lrs[0])}")
