@@ -36,3 +36,23 @@ def test_only_the_newest_epoch_checkpoints_are_kept(capsys, tmp_path, image_dir)
         ["epoch-003.ckpt", "epoch-004.ckpt", "epoch-005.ckpt", "last.ckpt"]
     last = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 5 and last["global_step"] == 6
+
+
+def test_a_second_launch_into_a_busy_run_folder_is_refused(capsys, tmp_path, image_dir):
+    """Two launches into one run.dir at the same time: the second is refused before any write."""
+    from solo_surgical.data.workers import FolderLock
+
+    run = tmp_path / "run"
+    holder = FolderLock(run, command="training launch", path=tmp_path / ".run.lock").acquire()  # the first launch
+    try:
+        args = ["pretrain", *TINY, "method=simclr", f"data.root={image_dir}", f"run.dir={run}",
+                "trainer.max_epochs=1", "trainer.limit_train_batches=1"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("solo-surgical: error:")]
+        assert len(lines) == 1 and ".run.lock" in lines[0] and "another training launch" in lines[0], err
+        assert not run.exists()
+    finally:
+        holder.release()
+    assert main(args) == 0 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / ".run.lock").exists()  # released and removed by the launch that held it

@@ -42,9 +42,9 @@ class FolderLock:
     (None when there was none). Raises :class:`UserError` when another live process holds it.
     """
 
-    def __init__(self, folder: Path, command: str = "prepare") -> None:
+    def __init__(self, folder: Path, command: str = "prepare", path: Path | None = None) -> None:
         self.folder, self.command = Path(folder), command
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / LOCK_NAME if path is None else Path(path)
         self.fd: int | None = None
         self.stale_pid: int | None = None
 

@@ -26,12 +26,13 @@ Checkpoint names are ``epoch-003.ckpt``: no ``=``, so a path can be passed to Hy
 from __future__ import annotations
 
 import os
+import contextlib
 import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -115,6 +116,26 @@ def is_main_process() -> bool:
     """False in the extra processes of a multi-process launch (Lightning's DDP launcher re-runs the
     command with LOCAL_RANK / NODE_RANK set; torchrun sets RANK): only the main one decides and writes."""
     return all(os.environ.get(key, "0") in ("", "0") for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+@contextlib.contextmanager
+def run_folder_lock(cfg: DictConfig) -> Iterator[None]:
+    """One launch at a time per run folder: two launches started together into one ``run.dir`` would
+    both see it empty and write into each other's checkpoints. The lock is an ``flock`` on
+    ``<parent>/.<run dir name>.lock`` (beside the folder, so the folder itself is not created before
+    the launch is accepted), released by the kernel if the holder dies. DDP's extra processes run
+    inside the main process's launch and take no lock."""
+    from ..data.workers import FolderLock
+
+    if not is_main_process():
+        yield
+        return
+    run_dir = Path(str(cfg.run.dir)).absolute()
+    if not run_dir.parent.is_dir():
+        yield  # nothing can be in a folder whose parent does not exist yet; mkdir happens at start
+        return
+    with FolderLock(run_dir, command="training launch", path=run_dir.parent / f".{run_dir.name}.lock"):
+        yield
 
 
 def plan_launch(cfg: DictConfig) -> Launch:

@@ -23,7 +23,7 @@ from ..distill import DistillationHead, DistillConfig, check_global_batch, load_
 from ..errors import UserError, doing
 from ..methods import resolve_method
 from .config import global_batch_size, require
-from .rundir import (CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
+from .rundir import (run_folder_lock, CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
                      start_launch)
 from .progress import EpochLines, progress_mode
 from .validate import validate_config
@@ -271,6 +271,11 @@ def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch | Path | str)
 def run_pretrain(cfg: DictConfig) -> Path:
     resolve_sources(cfg)
     validate_config(cfg, "pretrain")
+    with run_folder_lock(cfg):
+        return _run_pretrain(cfg)
+
+
+def _run_pretrain(cfg: DictConfig) -> Path:
     launch = plan_launch(cfg)
     seed_run(cfg)
     model = build_model(cfg)
@@ -314,8 +319,13 @@ def run_teacher_stage(cfg: DictConfig) -> Path:
     """Freeze a public backbone, train the method's heads on surgical frames, export a teacher."""
     require(cfg, "teacher.source", "the public backbone checkpoint (torchvision, MoCo v2 or ours)")
     zoo_names = resolve_sources(cfg)
-    source = str(cfg.teacher.source)
     validate_config(cfg, "teacher")
+    with run_folder_lock(cfg):
+        return _run_teacher_stage(cfg, zoo_names)
+
+
+def _run_teacher_stage(cfg: DictConfig, zoo_names: dict[str, str]) -> Path:
+    source = str(cfg.teacher.source)
     seed_run(cfg)
     backbone, arch, info = load_public_backbone(source, str(cfg.backbone.name))
     OmegaConf.update(cfg, "backbone.name", arch)
