@@ -131,6 +131,9 @@ def test_rebuilt_without_the_layers_class_and_through_a_teacher_checkpoint(tmp_p
     teacher = load_teacher(path)
     teacher.train()
     assert torch.allclose(teacher(x), expected, atol=1e-5)
+    whole = tmp_path / "whole-module.pt"  # pickled as a module (torch.save(model), spawned processes)
+    torch.save(teacher, whole)
+    assert torch.allclose(torch.load(whole, weights_only=False)(x), expected, atol=1e-5)
     # a fresh interpreter that has never imported this test module (so has no GroupWhitening)
     torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
     code = textwrap.dedent(f"""

@@ -80,16 +80,52 @@ def _export_layer(layer: nn.Module, in_dim: Optional[int]) -> dict[str, Any]:
     return spec
 
 
-def _no_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    # An exported graph has one (eval-mode) behaviour; torch refuses train() on it, but Lightning
-    # and FrozenTeacher call train()/eval() on every submodule, so the call is accepted and ignored.
-    return self
+class ExportedLayer(nn.Module):
+    """A layer rebuilt from its exported eval-mode graph (see the module docstring).
+
+    Its state-dict keys are the original layer's (the graph's parameters and buffers, without a
+    prefix of their own), ``train()`` only sets the flag (the graph has one, eval-mode, behaviour;
+    torch refuses ``train()`` on the graph itself, but Lightning and FrozenTeacher call it on every
+    submodule), and it pickles as (program bytes, state dict), so a teacher holding it can be saved
+    whole or sent to spawned processes.
+    """
+
+    def __init__(self, program: bytes) -> None:
+        super().__init__()
+        self.program = program
+        self.graph = torch.export.load(io.BytesIO(program)).module()
+        self.register_state_dict_post_hook(_drop_graph_prefix)
+        self.register_load_state_dict_pre_hook(_add_graph_prefix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out)
+        return self.graph(x)
+
+    def train(self, mode: bool = True) -> "ExportedLayer":
+        self.training = mode  # not passed on to the graph
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_exported, (self.program, self.state_dict(), self.training)
+
+
+def _drop_graph_prefix(module: nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+    for key in [k for k in state if k.startswith(prefix + "graph.")]:
+        state[prefix + key[len(prefix) + len("graph."):]] = state.pop(key)
+
+
+def _add_graph_prefix(module: nn.Module, state: dict[str, Any], prefix: str, *_args: Any) -> None:
+    for key in [k for k in state if k.startswith(prefix) and not k.startswith(prefix + "graph.")]:
+        state[prefix + "graph." + key[len(prefix):]] = state.pop(key)
+
+
+def _rebuild_exported(program: bytes, state: dict[str, Any], training: bool) -> ExportedLayer:
+    layer = ExportedLayer(program)
+    layer.load_state_dict(state, strict=True)
+    return layer.train(training)
 
 
 def _load_exported(item: dict[str, Any]) -> nn.Module:
-    module = torch.export.load(io.BytesIO(item["program"])).module()
-    object.__setattr__(module, "train", _no_train.__get__(module))
-    return module
+    return ExportedLayer(item["program"])
 
 
 def describe_mlp(head: nn.Module, in_dim: Optional[int] = None) -> list[dict[str, Any]]:
