@@ -351,3 +351,20 @@ def test_teacher_stage_exports_the_methods_embedding(methods, train_dir, public_
         feats = model.backbone(x)
         expected = model.head.mlp(feats) if name == "dino" else model.projector(feats)
     assert torch.allclose(unit(teacher(x)), unit(expected), atol=1e-5), f"{name}: the teacher embeds otherwise"
+
+
+def test_a_method_outside_the_table_gets_the_generic_contract(methods, train_dir, teacher_ckpt):
+    """A user's method (here a BYOL subclass registered under a new name): p / momentum z."""
+    from solo_surgical.hosts.solo.common import Captured
+    from solo_surgical.hosts.solo.contracts import GENERIC
+
+    registry = {"my_byol": type("MyBYOL", (methods["byol"],), {})}
+    assert sorted(register(registry)) == ["distill_my_byol", "teacher_my_byol"]
+    model = registry["distill_my_byol"](gen_cfg("distill_byol", train_dir, f"distill.teacher={teacher_ckpt}"))
+    assert model.solo_surgical_contract is GENERIC
+    x = torch.randn(BATCH, 3, SIZE, SIZE)
+    model.eval()
+    with torch.no_grad():
+        out, mom = model(x), model.momentum_forward(x)
+        _, queries, keys = model.distill_inputs(Captured(views=[x, x], online=[out, out], momentum=[mom, mom]))
+    assert torch.equal(queries[0], out["p"]) and torch.equal(keys[1], mom["z"])
