@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Callable, Mapping
 
 # Sizes above this are refused before anything is allocated: a 4096 x 4096 RGB float batch of 64
 # is already 12 GiB; larger values are typing mistakes (``--size 100000``), not experiments.
@@ -68,3 +68,25 @@ non_negative_int = int_range(0)
 positive_float = float_range(0.0, lo_open=True)
 non_negative_float = float_range(0.0)
 probability = float_range(0.0, 1.0, hi_open=True)  # e.g. dropout: 1.0 would drop everything
+
+
+def check_fields(config: object, rules: Mapping[str, Callable[[str], object]], command: str) -> None:
+    """Apply a command's option rules (the same functions argparse uses as ``type=``) to the fields of
+    its config dataclass, so a Python caller meets exactly the command line's checks.
+
+    Raises:
+        UserError: ``"<command>: <field>=<value>: <rule>"`` for the first field that breaks its rule
+            (a bool where a number is expected, or an int field given 3.0, is refused too).
+    """
+    from .errors import UserError
+
+    for name, parse in rules.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        try:
+            if isinstance(value, bool):
+                raise argparse.ArgumentTypeError(f"{value!r} is not a number")
+            parse(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise UserError(f"{command}: {name}={value!r}: {exc}") from None

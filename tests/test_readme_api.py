@@ -107,3 +107,22 @@ def test_evaluation_stages_as_functions_equal_the_commands(tmp_path, capsys):
     out = api.temporal(api.TemporalConfig(features=tmp_path / "feats", out=tmp_path / "tcn", epochs=2, layers=2))
     assert sorted(p.name for p in (out / "predictions").iterdir())
     capsys.readouterr()
+
+
+def test_stage_configs_apply_the_command_lines_rules(tmp_path):
+    """One rule table per stage: what `linear`/`temporal` refuse on the command line, their configs refuse."""
+    import pytest
+
+    from solo_surgical import api
+    from solo_surgical.errors import UserError
+
+    for kwargs, named in (({"epochs": 0}, "epochs=0"), ({"epochs": 100_001}, "epochs=100001"),
+                          ({"image_size": 8}, "image_size=8"), ({"lr": float("nan")}, "lr=nan"),
+                          ({"batch_size": True}, "batch_size=True"), ({"workers": 2.5}, "workers=2.5")):
+        with pytest.raises(UserError, match=f"linear: {named}"):
+            api.LinearConfig(data="d", out=tmp_path / "o", **kwargs)
+    for kwargs, named in (({"layers": 17}, "layers=17"), ({"dropout": 1.0}, "dropout=1.0"),
+                          ({"smooth_weight": -0.1}, "smooth_weight=-0.1")):
+        with pytest.raises(UserError, match=f"temporal: {named}"):
+            api.TemporalConfig(features="f", out=tmp_path / "o", **kwargs)
+    assert api.LinearConfig(data="d", out=tmp_path / "o", epochs=100_000).lr == 1e-3

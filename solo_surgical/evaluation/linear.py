@@ -11,7 +11,6 @@ without validation videos keeps the last epoch and says so.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -83,6 +82,13 @@ def train_probe(train_x, train_y, val_x, val_y, num_classes: int, epochs: int, l
     return head, mean, std, history, best_epoch
 
 
+# The rule of each numeric option: argparse's type= and LinearConfig's check, one table for both.
+RULES = {"init_seed": at.non_negative_int, "epochs": at.int_range(1, 100_000), "lr": at.positive_float,
+         "weight_decay": at.non_negative_float, "batch_size": at.batch_size, "image_size": at.image_size,
+         "seed": at.non_negative_int, "budget_seed": at.non_negative_int, "workers": at.workers,
+         "threads": at.threads}
+
+
 @dataclass
 class LinearConfig:
     """Everything ``solo-surgical linear`` takes (same names as its options, ``--init-seed`` -> ``init_seed``).
@@ -117,15 +123,7 @@ class LinearConfig:
         self.budget = None if self.budget is None else str(self.budget)
         if self.lr is None:
             self.lr = 1e-3
-        for name, low in (("epochs", 1), ("batch_size", 1), ("threads", 1), ("workers", 0), ("seed", 0),
-                          ("init_seed", 0), ("budget_seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserError(f"linear: {name}={value!r}: must be an integer >= {low}")
-        if not isinstance(self.image_size, int) or not at.MIN_IMAGE_SIZE <= self.image_size <= at.MAX_IMAGE_SIZE:
-            raise UserError(f"linear: image_size={self.image_size!r}: must be an integer from {at.MIN_IMAGE_SIZE} to {at.MAX_IMAGE_SIZE}")
-        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"linear: lr={self.lr!r} must be finite and > 0, weight_decay={self.weight_decay!r} >= 0")
+        at.check_fields(self, RULES, "linear")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise UserError(f"--out {self.out}: exists and is not a folder")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
@@ -242,19 +240,19 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="backbone checkpoint (any layout 'extract' reads)")
     p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
-    p.add_argument("--init-seed", type=at.non_negative_int, default=0, help="seed of the random init (--backbone alone)")
+    p.add_argument("--init-seed", type=RULES["init_seed"], default=0, help="seed of the random init (--backbone alone)")
     p.add_argument("--finetune", action="store_true", help="train the backbone too")
     p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80, else the dataset's first)")
     p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
-    p.add_argument("--epochs", type=at.int_range(1, 100_000), default=10)
-    p.add_argument("--lr", type=at.positive_float, default=None, help="default 1e-3 (probe, Adam) / 1e-3 (finetune, SGD)")
-    p.add_argument("--weight-decay", type=at.non_negative_float, default=0.0)
-    p.add_argument("--batch-size", type=at.batch_size, default=64)
-    p.add_argument("--image-size", type=at.image_size, default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
-    p.add_argument("--seed", type=at.non_negative_int, default=0)
-    p.add_argument("--budget-seed", type=at.non_negative_int, default=0, help="seed of the video subset (default 0)")
-    p.add_argument("--workers", type=at.workers, default=0)
-    p.add_argument("--threads", type=at.threads, default=1)
+    p.add_argument("--epochs", type=RULES["epochs"], default=10)
+    p.add_argument("--lr", type=RULES["lr"], default=None, help="default 1e-3 (probe, Adam) / 1e-3 (finetune, SGD)")
+    p.add_argument("--weight-decay", type=RULES["weight_decay"], default=0.0)
+    p.add_argument("--batch-size", type=RULES["batch_size"], default=64)
+    p.add_argument("--image-size", type=RULES["image_size"], default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
+    p.add_argument("--seed", type=RULES["seed"], default=0)
+    p.add_argument("--budget-seed", type=RULES["budget_seed"], default=0, help="seed of the video subset (default 0)")
+    p.add_argument("--workers", type=RULES["workers"], default=0)
+    p.add_argument("--threads", type=RULES["threads"], default=1)
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=_run)
 

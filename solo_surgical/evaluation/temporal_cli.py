@@ -7,7 +7,6 @@ feature frames, to evaluate against when no ``--gt``), and ``ribbons/<video>.png
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -25,6 +24,14 @@ def hold_previous(source_frames: np.ndarray, values: np.ndarray, at: np.ndarray)
     order = np.argsort(source_frames, kind="stable")
     pos = np.searchsorted(source_frames[order], at, side="right") - 1
     return values[order][np.clip(pos, 0, None)]
+
+
+# The rule of each numeric option: argparse's type= and TemporalConfig's check, one table for both.
+# (layer l has dilation 2^l: beyond ~16 layers the receptive field exceeds any surgery's length)
+RULES = {"stages": at.int_range(1, 32), "layers": at.int_range(1, 16), "channels": at.int_range(1, 4096),
+         "dropout": at.probability, "smooth_weight": at.non_negative_float, "epochs": at.int_range(1, 100_000),
+         "lr": at.positive_float, "weight_decay": at.non_negative_float, "seed": at.non_negative_int,
+         "budget_seed": at.non_negative_int, "threads": at.threads}
 
 
 @dataclass
@@ -55,15 +62,7 @@ class TemporalConfig:
         self.features, self.out = str(self.features), str(self.out)
         self.gt = None if self.gt is None else str(self.gt)
         self.budget = None if self.budget is None else str(self.budget)
-        for name, low in (("stages", 1), ("layers", 1), ("channels", 1), ("epochs", 1), ("seed", 0),
-                          ("budget_seed", 0), ("threads", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserError(f"temporal: {name}={value!r}: must be an integer >= {low}")
-        if not 0 <= self.dropout < 1 or not (math.isfinite(self.lr) and self.lr > 0) \
-                or not self.smooth_weight >= 0 or not self.weight_decay >= 0:
-            raise UserError(f"temporal: dropout={self.dropout} must be in [0, 1), lr={self.lr} > 0, "
-                            f"smooth_weight={self.smooth_weight} and weight_decay={self.weight_decay} >= 0")
+        at.check_fields(self, RULES, "temporal")
 
     @classmethod
     def from_args(cls, args: Any) -> "TemporalConfig":
@@ -165,20 +164,19 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--features", required=True, help="folder written by 'solo-surgical extract'")
     p.add_argument("--out", required=True)
     p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80)")
-    p.add_argument("--stages", type=at.int_range(1, 32), default=2)
-    # layer l has dilation 2^l: beyond ~16 layers the receptive field exceeds any surgery's length
-    p.add_argument("--layers", type=at.int_range(1, 16), default=9)
-    p.add_argument("--channels", type=at.int_range(1, 4096), default=64)
+    p.add_argument("--stages", type=RULES["stages"], default=2)
+    p.add_argument("--layers", type=RULES["layers"], default=9)
+    p.add_argument("--channels", type=RULES["channels"], default=64)
     p.add_argument("--acausal", action="store_true", help="offline model (default: causal, online)")
-    p.add_argument("--dropout", type=at.probability, default=0.5)
-    p.add_argument("--smooth-weight", type=at.non_negative_float, default=0.15)
-    p.add_argument("--epochs", type=at.int_range(1, 100_000), default=50)
-    p.add_argument("--lr", type=at.positive_float, default=5e-4)
-    p.add_argument("--weight-decay", type=at.non_negative_float, default=0.0)
-    p.add_argument("--seed", type=at.non_negative_int, default=0)
+    p.add_argument("--dropout", type=RULES["dropout"], default=0.5)
+    p.add_argument("--smooth-weight", type=RULES["smooth_weight"], default=0.15)
+    p.add_argument("--epochs", type=RULES["epochs"], default=50)
+    p.add_argument("--lr", type=RULES["lr"], default=5e-4)
+    p.add_argument("--weight-decay", type=RULES["weight_decay"], default=0.0)
+    p.add_argument("--seed", type=RULES["seed"], default=0)
     p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
-    p.add_argument("--budget-seed", type=at.non_negative_int, default=0, help="seed of the video subset (default 0)")
-    p.add_argument("--threads", type=at.threads, default=1)
+    p.add_argument("--budget-seed", type=RULES["budget_seed"], default=0, help="seed of the video subset (default 0)")
+    p.add_argument("--threads", type=RULES["threads"], default=1)
     p.add_argument("--gt", help="ground-truth label files: write predictions at their frame indices")
     p.add_argument("--plots", action="store_true", help="phase ribbons of the test videos")
     p.set_defaults(func=_run)
