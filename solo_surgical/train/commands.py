@@ -54,14 +54,16 @@ def _jobs(name: str, args: argparse.Namespace):
 
         raise UserError(f"--config-name {args.config_name}: give --config-path, the folder that holds it")
     config_name = args.config_name or name
-    sweeps = expand_sweeps(overrides) if args.multirun else [overrides]
-    jobs = [("", compose(config_name, overrides, args.config_path))] if not args.multirun else []
-    for number, job in enumerate(sweeps if args.multirun else []):
-        cfg = compose(config_name, job, args.config_path)
-        # one run folder per job under the sweep's run.dir, numbered like Hydra's multirun
-        OmegaConf.update(cfg, "run.dir", str(Path(str(cfg.run.dir)) / str(number)))
-        changed = [o for o in job if o not in overrides]
-        jobs.append((f"[job {number + 1}/{len(sweeps)}] {' '.join(changed) or '(no sweep)'}", cfg))
+    if not args.multirun:
+        jobs = [("", compose(config_name, overrides, args.config_path))]
+    else:
+        sweeps, jobs = expand_sweeps(overrides), []
+        for number, job in enumerate(sweeps):
+            cfg = compose(config_name, job, args.config_path)
+            # one run folder per job under the sweep's run.dir, numbered like Hydra's multirun
+            OmegaConf.update(cfg, "run.dir", str(Path(str(cfg.run.dir)) / str(number)))
+            changed = [o for o in job if o not in overrides]
+            jobs.append((f"[job {number + 1}/{len(sweeps)}] {' '.join(changed) or '(no sweep)'}", cfg))
     if args.cfg is not None:
         for label, cfg in jobs:
             print(f"# {label}\n{OmegaConf.to_yaml(cfg)}" if label else OmegaConf.to_yaml(cfg))
