@@ -208,6 +208,19 @@ def test_plan_and_overrides():
         ["trainer.max_epochs=3", "data.mean=[0.5,0.4]", "backbone.init=null"]
 
 
+def test_benchmark_pretrain_block_sets_transform_arguments():
+    """data.augment is an empty open dict in pretrain.yaml: the benchmark's pretrain block must add its keys
+    (a plain ``data.augment.cj_prob=0`` is refused by Hydra), while a misspelt fixed key is still refused."""
+    from solo_surgical.benchmark.run import as_overrides
+    from solo_surgical.train.config import compose
+
+    block = OmegaConf.create({"data": {"augment": {"cj_prob": 0.0, "random_gray_scale": 0.0}, "min_scale": 0.5}})
+    cfg = compose("pretrain", as_overrides(block))
+    assert dict(cfg.data.augment) == {"cj_prob": 0.0, "random_gray_scale": 0.0} and cfg.data.min_scale == 0.5
+    with pytest.raises(UserError):
+        compose("pretrain", as_overrides(OmegaConf.create({"data": {"min_scal": 0.5}})))
+
+
 def _bench_cfg(out, *overrides):
     from solo_surgical.train.config import compose
 

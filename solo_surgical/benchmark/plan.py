@@ -89,8 +89,16 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     return cells
 
 
+# Config nodes that are open dictionaries (empty by default): their keys are added, not overridden.
+OPEN_NODES = ("data.augment.",)
+
+
 def as_overrides(node: Any, prefix: str = "") -> list[str]:
-    """Nested config values -> Hydra ``key=value`` overrides (``{trainer: {max_epochs: 3}}`` -> trainer.max_epochs=3)."""
+    """Nested config values -> Hydra ``key=value`` overrides (``{trainer: {max_epochs: 3}}`` -> trainer.max_epochs=3).
+
+    Keys under an open node (``data.augment``: the transform's extra arguments) become ``++key=value``
+    so that they are added; every other key must already exist, so a misspelt one is still refused.
+    """
     if node is None and not prefix:
         return []
     if OmegaConf.is_config(node):
@@ -98,6 +106,8 @@ def as_overrides(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict):
         return [o for key, value in node.items() for o in as_overrides(value, f"{prefix}{key}.")]
     key = prefix.rstrip(".")
+    if prefix.startswith(OPEN_NODES):
+        key = "++" + key
     if isinstance(node, (list, tuple)):
         return [f"{key}=[{','.join(str(v) for v in node)}]"]
     return [f"{key}={'null' if node is None else node}"]
