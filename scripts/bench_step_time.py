@@ -39,8 +39,8 @@ def make_teacher(path: Path, arch: str, out_dim: int) -> Path:
 
 
 def build(method: str, arch: str, size: int, batch: int, teacher: Path, memory: int):
-    from solo_surgical.train.config import compose
-    from solo_surgical.train.runner import build_model
+    from solo_surgical.hosts.lightly.config import compose
+    from solo_surgical.hosts.lightly.runner import build_model
 
     cfg = compose("pretrain", [f"method={method}", f"backbone.name={arch}", f"data.image_size={size}",
                                f"data.batch_size={batch}", f"distill.teacher={teacher}",
@@ -83,7 +83,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
-            from solo_surgical.methods import resolve_method
+            from solo_surgical.hosts.lightly.registry import resolve_method
 
             out_dim = resolve_method(method).cls.Hparams().proj_output_dim
             teacher_path = make_teacher(Path(tmp) / f"{method}-teacher.pth", args.teacher_arch, out_dim)

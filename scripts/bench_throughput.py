@@ -65,7 +65,7 @@ def make_frames(work: Path, videos: int, seconds: float, fps: str) -> Path:
 
 def compose_run(args: argparse.Namespace, method: str, teacher: Path, image_size: Optional[int] = None,
                 workers: Any = None):
-    from solo_surgical.train.config import compose
+    from solo_surgical.hosts.lightly.config import compose
 
     return compose("pretrain", [
         f"method={method}", f"backbone.name={args.arch}", f"data.root={args.data}",
@@ -83,7 +83,7 @@ def long_loader(cfg, work: Path, batches: int):
     from torch.utils.data import DataLoader, RandomSampler
 
     from solo_surgical.train.devices import run_loader_options
-    from solo_surgical.train.runner import train_loader
+    from solo_surgical.hosts.lightly.runner import train_loader
 
     base = train_loader(cfg, work)
     sampler = RandomSampler(base.dataset, replacement=True, num_samples=batches * int(cfg.data.batch_size),
@@ -128,9 +128,9 @@ def loader_rate(cfg, work: Path, batches: int) -> dict:
 
 
 def build(cfg, device: str):
-    from solo_surgical.train.device_data import device_views_for
+    from solo_surgical.hosts.lightly.device_data import device_views_for
     from solo_surgical.train.devices import prepare_model
-    from solo_surgical.train.runner import build_model, method_transform
+    from solo_surgical.hosts.lightly.runner import build_model, method_transform
 
     model = prepare_model(build_model(cfg), "cuda" if device.startswith("cuda") else "cpu").to(device)
     model.train()
@@ -235,7 +235,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = args.fast
     torch.backends.cudnn.deterministic = not args.fast
 
-    from solo_surgical.methods import resolve_method
+    from solo_surgical.hosts.lightly.registry import resolve_method
     from solo_surgical.train.devices import available_cpus, resolve_precision
 
     precision = resolve_precision("auto", "cuda" if args.gpu else "cpu")

@@ -13,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 _EXPORTS = {"build_backbone": ".backbones", "backbone_names": ".backbones",
-            "method_names": ".methods", "resolve_method": ".methods"}
+            "method_names": ".hosts.lightly.registry", "resolve_method": ".hosts.lightly.registry"}
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 

@@ -4,7 +4,7 @@ Each function takes the same values as the command line (Hydra override strings 
 ``"method=distill_mocov2plus"`` or ``"data.root=FRAMES"``, and/or a mapping of dotted keys to
 values), composes the same packaged config, validates it the same way and returns what the
 command prints: a path. Nothing here parses argv; the CLI and these functions share
-:func:`solo_surgical.train.config.compose` and the runner.
+:func:`solo_surgical.hosts.lightly.config.compose` and the runner.
 
     >>> from solo_surgical import api
     >>> teacher = api.teacher(["teacher.source=public.pth", "data.root=FRAMES"])
@@ -41,7 +41,7 @@ def _override_strings(overrides: Overrides) -> list[str]:
 
 def compose_config(stage: str, overrides: Overrides = None):
     """The composed, validated-at-run config of a stage (``"pretrain"`` or ``"teacher"``) as a DictConfig."""
-    from .train.config import compose
+    from .hosts.lightly.config import compose
 
     if stage not in ("pretrain", "teacher"):
         raise ValueError(f"stage must be 'pretrain' or 'teacher', got {stage!r}")
@@ -51,7 +51,7 @@ def compose_config(stage: str, overrides: Overrides = None):
 def pretrain(overrides: Overrides = None) -> Path:
     """Self-supervised (optionally distilled) pretraining; returns the run folder
     (``checkpoints/last.ckpt``, ``config.yaml``, ``logs/``), exactly as ``solo-surgical pretrain``."""
-    from .train.runner import run_pretrain
+    from .hosts.lightly.runner import run_pretrain
 
     return Path(run_pretrain(compose_config("pretrain", overrides)))
 
@@ -59,7 +59,7 @@ def pretrain(overrides: Overrides = None) -> Path:
 def teacher(overrides: Overrides = None) -> Path:
     """The semantic-preserving teacher stage; returns the teacher checkpoint path, exactly as
     ``solo-surgical teacher``."""
-    from .train.runner import run_teacher_stage
+    from .hosts.lightly.runner import run_teacher_stage
 
     return Path(run_teacher_stage(compose_config("teacher", overrides)))
 

@@ -17,7 +17,7 @@ from typing import Sequence
 # Order here is the order in `solo-surgical --help`.
 SUBCOMMAND_MODULES = [
     "solo_surgical.data.commands",  # prepare, synth, export-solo-learn
-    "solo_surgical.train.commands",  # methods, pretrain, teacher
+    "solo_surgical.hosts.lightly.commands",  # methods, pretrain, teacher
     "solo_surgical.evaluation.commands",  # extract, linear, temporal, evaluate
     "solo_surgical.benchmark.commands",  # benchmark, demo (the main job)
     "solo_surgical.zoo.commands",  # zoo list|fetch|verify|convert, export

@@ -59,7 +59,7 @@ def image_dir(tmp_path_factory):
 
 
 def tiny_cfg(config: str, method: str, run_dir, image_dir, *extra: str):
-    from solo_surgical.train.config import compose
+    from solo_surgical.hosts.lightly.config import compose
 
     overrides = TINY + [f"method={method}", f"run.dir={run_dir}", f"data.root={image_dir}", *extra]
     if "moco" in method:

@@ -212,7 +212,7 @@ def test_benchmark_pretrain_block_sets_transform_arguments():
     """data.augment is an empty open dict in pretrain.yaml: the benchmark's pretrain block must add its keys
     (a plain ``data.augment.cj_prob=0`` is refused by Hydra), while a misspelt fixed key is still refused."""
     from solo_surgical.benchmark.run import as_overrides
-    from solo_surgical.train.config import compose
+    from solo_surgical.hosts.lightly.config import compose
 
     block = OmegaConf.create({"data": {"augment": {"cj_prob": 0.0, "random_gray_scale": 0.0}, "min_scale": 0.5}})
     cfg = compose("pretrain", as_overrides(block))
@@ -222,9 +222,9 @@ def test_benchmark_pretrain_block_sets_transform_arguments():
 
 
 def _bench_cfg(out, *overrides):
-    from solo_surgical.train.config import compose
+    from solo_surgical.benchmark.plan import compose_benchmark
 
-    return compose("benchmark", [f"out={out}", *QUICK, *overrides])
+    return compose_benchmark([f"out={out}", *QUICK, *overrides])
 
 
 def test_cell_settings_hold_what_changes_a_cell(tmp_path):

@@ -55,3 +55,23 @@ def test_import_direction_no_module_reaches_up_to_the_cli_and_the_core_to_no_hos
     core = [p for p in (root / "distill").rglob("*.py")] + [root / "checkpoints.py", root / "backbones.py"]
     host_users = [str(p.relative_to(root)) for p in core if any(n.startswith("solo_surgical.hosts") for n in _imports(p))]
     assert host_users == [], host_users
+
+
+def test_hosts_are_self_contained_and_load_their_methods_by_import_statements():
+    """Each host owns its registry, runner and configs; shared Lightning plumbing (train/) imports no host;
+    the lightly registry finds its method modules by plain import statements, not by module-name strings."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "solo_surgical"
+    plumbing = [str(p.relative_to(root)) for p in (root / "train").rglob("*.py")
+                if any(n.startswith("solo_surgical.hosts") for n in _imports(p))]
+    assert plumbing == [], plumbing
+    for host in ("lightly", "solo"):
+        assert (root / "hosts" / host / "registry.py").is_file() and (root / "hosts" / host / "configs").is_dir()
+    registry = root / "hosts" / "lightly" / "registry.py"
+    calls = [n for n in ast.walk(ast.parse(registry.read_text())) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", getattr(n.func, "id", "")) in ("import_module", "__import__")]
+    assert calls == []
+    assert {"solo_surgical.hosts.lightly.methods", "solo_surgical.hosts.lightly.swav"} <= _imports(registry)
+    assert not (root / "methods.py").exists() and not (root / "configs").exists()

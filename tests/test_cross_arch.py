@@ -14,7 +14,7 @@ from solo_surgical.backbones import backbone_names, build_backbone, public_head_
 from solo_surgical.checkpoints import CheckpointError, load_backbone_state
 from solo_surgical.distill import DistillationHead, DistillConfig, load_teacher
 from solo_surgical.tv_backbones import infer_vit_arch, parse_vit_spec, vit_spec
-from solo_surgical.train.runner import load_public_backbone, run_pretrain, run_teacher_stage
+from solo_surgical.hosts.lightly.runner import load_public_backbone, run_pretrain, run_teacher_stage
 
 from conftest import tiny_cfg
 

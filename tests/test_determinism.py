@@ -10,7 +10,7 @@ from conftest import tiny_cfg
 
 
 def _run(tmp_path, image_dir, name, method, *extra):
-    from solo_surgical.train.runner import run_pretrain
+    from solo_surgical.hosts.lightly.runner import run_pretrain
 
     run_dir = tmp_path / name
     cfg = tiny_cfg("pretrain", method, run_dir, image_dir, "trainer.max_epochs=2", "run.seed=3",

@@ -126,7 +126,7 @@ def test_device_augment_trains_through_lightning(tmp_path):
     # data.device_augment=true end to end on CPU: the loader yields bytes, the module's batch hooks make
     # the two views, Lightning trains; a method with other views is refused in one line
     from solo_surgical.errors import UserError
-    from solo_surgical.train.runner import build_model, fit, seed_run, train_loader
+    from solo_surgical.hosts.lightly.runner import build_model, fit, seed_run, train_loader
 
     from conftest import tiny_cfg
 

@@ -121,7 +121,7 @@ def test_resolve_run_devices_rewrites_the_config(fake_machine, tmp_path, image_d
 
 def test_cpu_auto_loader_gives_the_same_batches_as_zero_workers(tmp_path, image_dir):
     # "the same numbers as before auto existed": the augmented views of a seeded run must not change
-    from solo_surgical.train.runner import seed_run, train_loader
+    from solo_surgical.hosts.lightly.runner import seed_run, train_loader
 
     batches = []
     for workers in ("auto", "0"):
@@ -168,7 +168,7 @@ def test_distilled_step_under_bf16_autocast(teacher_ckpt, tmp_path, image_dir):
     # under inference mode but hands back an ordinary tensor; the relational KL is computed in fp32
     # and equals the fp32 formula on the same (bf16) teacher and student embeddings.
     from solo_surgical.distill.loss import symmetric_relational_kl
-    from solo_surgical.train.runner import build_model
+    from solo_surgical.hosts.lightly.runner import build_model
 
     cfg = tiny_cfg("pretrain", "distill_mocov2plus", tmp_path / "run", image_dir, f"distill.teacher={teacher_ckpt}")
     model = build_model(cfg)

@@ -107,7 +107,7 @@ def test_a_distilled_run_with_a_global_batch_of_one_is_refused_before_any_work(t
     from conftest import tiny_cfg
 
     from solo_surgical.errors import UserError
-    from solo_surgical.train.runner import build_model
+    from solo_surgical.hosts.lightly.runner import build_model
 
     cfg = tiny_cfg("pretrain", "distill_simclr", tmp_path / "run", image_dir, "data.batch_size=1",
                    f"distill.teacher={teacher_ckpt}")

@@ -27,7 +27,7 @@ def test_own_config_folder_extends_the_packaged_config(capsys, tmp_path, image_d
     # the user's values, the command line's override and the packaged defaults, merged in that order
     assert printed["method"]["name"] == "simclr" and printed["data"]["image_size"] == 32
     assert printed["optimizer"]["lr"] == 0.05 and printed["optimizer"]["name"] == "sgd"
-    assert printed["distill"]["memory_size"] == 2048  # from solo_surgical/configs/pretrain.yaml
+    assert printed["distill"]["memory_size"] == 2048  # from solo_surgical/hosts/lightly/configs/pretrain.yaml
     assert main(args) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["method"]["name"] == "simclr" and saved["backbone"]["name"] == "tiny"

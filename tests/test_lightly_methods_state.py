@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from solo_surgical.distill.mlp import build_mlp, describe_mlp
-from solo_surgical.train.runner import build_model
+from solo_surgical.hosts.lightly.runner import build_model
 
 from conftest import tiny_cfg
 
@@ -297,7 +297,7 @@ def test_teacher_stage_exports_a_teacher_for_every_new_method(tmp_path, method, 
     whose embedding is the exported head on the public backbone (its size: proj_output_dim)."""
     from solo_surgical.backbones import build_backbone
     from solo_surgical.distill import load_teacher
-    from solo_surgical.train.runner import run_teacher_stage
+    from solo_surgical.hosts.lightly.runner import run_teacher_stage
 
     torch.manual_seed(11)
     public, _ = build_backbone("tiny")

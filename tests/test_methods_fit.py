@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from solo_surgical import method_names
-from solo_surgical.train.runner import build_model, run_pretrain
+from solo_surgical.hosts.lightly.runner import build_model, run_pretrain
 
 from conftest import tiny_cfg
 
@@ -45,7 +45,7 @@ def toy_dir(tmp_path_factory):
 def toy_teacher(tmp_path_factory, toy_dir):
     """The real recipe at toy size: a frozen random 'public' backbone whose projector is trained by SimCLR."""
     from solo_surgical.backbones import build_backbone
-    from solo_surgical.train.runner import run_teacher_stage
+    from solo_surgical.hosts.lightly.runner import run_teacher_stage
 
     root = tmp_path_factory.mktemp("toy_teacher")
     torch.manual_seed(7)
@@ -100,7 +100,7 @@ def test_new_methods_real_fit(tmp_path, toy_dir, toy_teacher, method):
 
 
 def _dino_student_improved(cfg, run_dir, toy_dir) -> None:
-    from solo_surgical.train.runner import method_transform, seed_run
+    from solo_surgical.hosts.lightly.runner import method_transform, seed_run
 
     seed_run(cfg)
     initial = build_model(cfg)  # the run's own initial weights (run_pretrain seeds, then builds)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import solo_surgical.hosts.lightly.methods as methods
 from solo_surgical.errors import UserError
 from solo_surgical.hosts.lightly.queue import KeyQueue
-from solo_surgical.train.runner import build_model
+from solo_surgical.hosts.lightly.runner import build_model
 
 from conftest import tiny_cfg
 

@@ -444,8 +444,8 @@ def test_kill_9_mid_prepare_leaves_no_workers_and_resumes(tmp_path, long_raw, wo
 BENCH_SCRIPT = """
 import sys
 from solo_surgical.benchmark.run import Benchmark
-from solo_surgical.train.config import compose
-cfg = compose("benchmark", ["out=" + sys.argv[1], "data.synth.videos=3", "data.synth.seconds=12",
+from solo_surgical.benchmark.plan import compose_benchmark
+cfg = compose_benchmark(["out=" + sys.argv[1], "data.synth.videos=3", "data.synth.seconds=12",
                             "data.synth.size=64x36", "data.fps=25", "data.size=16"])
 print(Benchmark(cfg, log=lambda m: None).ensure_data())
 """

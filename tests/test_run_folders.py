@@ -1,5 +1,5 @@
 """Run folders: one run per folder, a record per launch, resumes that check before writing, and
-recovery from a kill -9 during a checkpoint write (see solo_surgical/train/rundir.py)."""
+recovery from a kill -9 during a checkpoint write (see solo_surgical/hosts/lightly/rundir.py)."""
 from __future__ import annotations
 
 import os
@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from solo_surgical.cli import main
-from solo_surgical.train.rundir import META_KEY
-from solo_surgical.train.runner import PAUSE_WRITE_ENV
+from solo_surgical.hosts.lightly.rundir import META_KEY
+from solo_surgical.hosts.lightly.runner import PAUSE_WRITE_ENV
 
 from conftest import TINY
 

@@ -7,7 +7,7 @@ import torchvision
 
 from solo_surgical.checkpoints import CheckpointError
 from solo_surgical.distill import load_teacher
-from solo_surgical.train.runner import build_model, fit, load_public_backbone, run_teacher_stage
+from solo_surgical.hosts.lightly.runner import build_model, fit, load_public_backbone, run_teacher_stage
 
 from conftest import make_teacher_checkpoint, tiny_cfg
 

@@ -8,7 +8,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "benchmark", help="methods x {random, public, plain, distill, public_init} x budgets x seeds: pretrain, "
                           "linear, features, temporal model, evaluation, paired deltas; resumable",
-        description="Config: solo_surgical/configs/benchmark.yaml. Rerunning the same command resumes: "
+        description="Config: solo_surgical/benchmark/configs/benchmark.yaml. Rerunning the same command resumes: "
                     "finished cells are kept, interrupted ones restart. An out folder belongs to one set of "
                     "settings: a rerun with other settings (anything but methods, variants, budgets, seeds, "
                     "public_init_methods) is refused, naming the keys that differ.")
@@ -74,10 +74,10 @@ def print_answer(out: str) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from ..train.config import compose
+    from .plan import compose_benchmark
     from .run import Benchmark
 
-    cfg = compose("benchmark", args.overrides)
+    cfg = compose_benchmark(args.overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -87,6 +87,16 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                                                   (init_methods is None or method in init_methods)):
                         cells += [Cell(method, label(variant, s), budget, int(seed), s) for s in sources]
     return cells
+
+
+CONFIG_MODULE = "solo_surgical.benchmark.configs"  # benchmark.yaml
+
+
+def compose_benchmark(overrides: Sequence[str] = ()) -> DictConfig:
+    """``benchmark.yaml`` with Hydra ``key=value`` overrides (the stages' own configs are the lightly host's)."""
+    from ..hosts.lightly.config import compose
+
+    return compose("benchmark", overrides, config_module=CONFIG_MODULE)
 
 
 # Config nodes that are open dictionaries (empty by default): their keys are added, not overridden.

@@ -209,8 +209,8 @@ class Benchmark:
                 f"data.budget={budget}"]
 
     def ensure_teacher(self, source: str, budget: Any) -> Path:
-        from ..train.config import compose
-        from ..train.runner import run_teacher_stage
+        from ..hosts.lightly.config import compose
+        from ..hosts.lightly.runner import run_teacher_stage
 
         final = self.out / "teachers" / f"{_source_label(source)}-b{budget}"
         settings = json.loads(json.dumps(teacher_settings(self.cfg, source, budget), default=str))
@@ -272,8 +272,8 @@ class Benchmark:
         from ..evaluation.linear import LinearConfig, run_linear
         from ..evaluation.temporal_cli import TemporalConfig, run_temporal
         from ..evaluation.metrics import json_ready
-        from ..train.config import compose
-        from ..train.runner import run_pretrain
+        from ..hosts.lightly.config import compose
+        from ..hosts.lightly.runner import run_pretrain
 
         cfg = self.cfg
         final = self.out / "cells" / cell.name
@@ -360,8 +360,8 @@ class Benchmark:
         model's settings. A bad value ends in the same one line as on the stage's own command."""
         from ..evaluation.linear import LinearConfig
         from ..evaluation.temporal_cli import TemporalConfig
-        from ..train.config import compose
-        from ..train.validate import validate_config
+        from ..hosts.lightly.config import compose
+        from ..hosts.lightly.validate import validate_config
 
         cfg = self.cfg
         methods = sorted({cell.method for cell in cells if not cell.frozen} |

@@ -12,7 +12,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.transforms import DINOTransform
 from torch import Tensor, nn
 
-from ...methods import register_method
+from .registry import register_method
 from .base import SSLMethod, SSLOutput
 
 

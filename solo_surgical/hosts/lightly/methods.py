@@ -16,7 +16,7 @@ from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Trans
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ...methods import register_method
+from .registry import register_method
 from .base import SSLMethod, SSLOutput
 from .queue import KeyQueue, moco_infonce
 

@@ -21,7 +21,7 @@ from lightly.transforms import BYOLTransform
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ...methods import register_method
+from .registry import register_method
 from .base import SSLMethod, SSLOutput
 from .queue import KeyQueue
 from .siamese import byol_views

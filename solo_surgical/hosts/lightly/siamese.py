@@ -22,7 +22,7 @@ from lightly.models.modules.heads import VICRegProjectionHead  # not re-exported
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimSiamTransform, VICRegTransform
 from torch import Tensor, nn
 
-from ...methods import register_method
+from .registry import register_method
 from .base import SSLMethod, SSLOutput
 
 

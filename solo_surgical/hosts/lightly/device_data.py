@@ -8,8 +8,8 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 
-from ..data.device_views import DeviceViews, JpegFiles, ViewParams, collate_jpeg
-from ..errors import UserError
+from ...data.device_views import DeviceViews, JpegFiles, ViewParams, collate_jpeg
+from ...errors import UserError
 
 # lightly transforms whose two views are the same random pipeline (SimCLRViewTransform twice)
 SUPPORTED = ("MoCoV2Transform", "SimCLRTransform")

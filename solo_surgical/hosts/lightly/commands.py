@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("pretrain", "self-supervised pretraining (plain or distill_*), Hydra overrides key=value", cmd_pretrain),
         ("teacher", "semantic-preserving teacher stage: frozen public backbone, train the heads", cmd_teacher),
     ):
-        p = subparsers.add_parser(name, help=helper, description=helper + ". Config: solo_surgical/configs/"
+        p = subparsers.add_parser(name, help=helper, description=helper + ". Config: solo_surgical/hosts/lightly/configs/"
                                   f"{name if name == 'teacher' else 'pretrain'}.yaml")
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=distill_mocov2plus "
                        "distill.teacher=runs/teacher/teacher.pth data.root=DATA trainer.max_epochs=5")
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from ..methods import method_names, resolve_method
+    from .registry import method_names, resolve_method
 
     for name in method_names(include_aliases=True):
         resolved = resolve_method(name)
@@ -50,7 +50,7 @@ def _jobs(name: str, args: argparse.Namespace):
     if args.cfg is not None and args.cfg not in ("job", "all"):
         overrides.insert(0, args.cfg)  # `--cfg method=simclr`: argparse took the override as --cfg's value
     if args.config_name is not None and args.config_path is None:
-        from ..errors import UserError
+        from ...errors import UserError
 
         raise UserError(f"--config-name {args.config_name}: give --config-path, the folder that holds it")
     config_name = args.config_name or name

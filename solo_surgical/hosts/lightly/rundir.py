@@ -36,9 +36,9 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..atomic import write_text
-from ..checkpoints import CheckpointError, load_file
-from ..errors import UserError, doing
+from ...atomic import write_text
+from ...checkpoints import CheckpointError, load_file
+from ...errors import UserError, doing
 
 CHECKPOINTS = "checkpoints"
 LAUNCHES = "launches"
@@ -125,7 +125,7 @@ def run_folder_lock(cfg: DictConfig) -> Iterator[None]:
     ``<parent>/.<run dir name>.lock`` (beside the folder, so the folder itself is not created before
     the launch is accepted), released by the kernel if the holder dies. DDP's extra processes run
     inside the main process's launch and take no lock."""
-    from ..data.workers import FolderLock
+    from ...data.workers import FolderLock
 
     if not is_main_process():
         yield
@@ -181,14 +181,14 @@ def plan_launch(cfg: DictConfig) -> Launch:
 
 def run_meta(cfg: DictConfig, arch: str) -> dict[str, Any]:
     """Recorded in every checkpoint under :data:`META_KEY`."""
-    from ..methods import resolve_method
+    from .registry import resolve_method
 
     return {"method": resolve_method(str(cfg.method.name)).name, "backbone": arch}
 
 
 def check_resume_meta(launch: Launch, cfg: DictConfig) -> None:
     """Refuse a checkpoint recorded as made by another method or for another backbone."""
-    from ..methods import resolve_method
+    from .registry import resolve_method
 
     meta = (launch.checkpoint or {}).get(META_KEY) or {}
     method = resolve_method(str(cfg.method.name)).name

@@ -15,20 +15,20 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from ..atomic import torch_save
-from ..backbones import build_backbone, infer_arch
-from ..checkpoints import extract_backbone_state, load_backbone_state, load_file, sha256_file
-from ..data.images import ImageFolderDataset, generate_images
-from ..distill import DistillationHead, DistillConfig, check_global_batch, load_teacher, save_teacher_checkpoint
-from ..errors import UserError, doing
-from ..methods import resolve_method
+from ...atomic import torch_save
+from ...backbones import build_backbone, infer_arch
+from ...checkpoints import extract_backbone_state, load_backbone_state, load_file, sha256_file
+from ...data.images import ImageFolderDataset, generate_images
+from ...distill import DistillationHead, DistillConfig, check_global_batch, load_teacher, save_teacher_checkpoint
+from ...errors import UserError, doing
+from .registry import resolve_method
 from .config import global_batch_size, require
 from .rundir import (run_folder_lock, CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
                      start_launch)
-from .progress import EpochLines, progress_mode
+from ...train.progress import EpochLines, progress_mode
 from .validate import validate_config
 from . import device_data
-from .devices import prepare_model, resolve_run_devices, run_loader_options
+from ...train.devices import prepare_model, resolve_run_devices, run_loader_options
 
 
 # Test hook (tests/test_run_folders.py): the N-th checkpoint write of the process stops half-way
@@ -49,7 +49,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 return
             from io import BytesIO
 
-            from ..atomic import _write
+            from ...atomic import _write
 
             def half_then_wait(handle: Any) -> None:
                 buffer = BytesIO()
@@ -144,7 +144,7 @@ def train_loader(cfg: DictConfig, run_dir: Path) -> DataLoader:
     transform = method_transform(str(cfg.method.name), cfg)
     if (Path(str(root)) / "manifest.json").is_file():
         # prepared surgical videos: only the split's training videos (a budget picks whole videos)
-        from ..data.datasets import UnlabeledFrames, parse_budget
+        from ...data.datasets import UnlabeledFrames, parse_budget
 
         budget = None if cfg.data.budget is None else parse_budget(str(cfg.data.budget))
         dataset = UnlabeledFrames(str(root), "train", cfg.data.protocol, budget, int(cfg.data.budget_seed), transform)
@@ -244,7 +244,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Tr
 
 
 def fit(cfg: DictConfig, model: pl.LightningModule, launch: Launch | Path | str) -> pl.Trainer:
-    """Train ``model`` in ``launch.run_dir`` (layout: :mod:`solo_surgical.train.rundir`).
+    """Train ``model`` in ``launch.run_dir`` (layout: :mod:`solo_surgical.hosts.lightly.rundir`).
 
     ``launch`` may also be a run folder: the launch is then planned here (``run.dir`` set to it).
     Everything that can refuse (devices, the loader, the Trainer, the resume checkpoint against the
@@ -299,7 +299,7 @@ def resolve_sources(cfg: DictConfig) -> dict[str, str]:
     """``teacher.source`` and ``backbone.init`` may name a zoo entry (``tv-resnet50-v1``, ``mocov2-800ep``):
     replace it by the local file (fetched into the zoo cache, or found there, hash checked), before
     any check or write. Returns ``{key: zoo name}`` for what was replaced."""
-    from ..zoo.fetch import resolve_local
+    from ...zoo.fetch import resolve_local
 
     named = {}
     for key in ("teacher.source", "backbone.init"):

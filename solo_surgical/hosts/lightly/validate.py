@@ -25,8 +25,8 @@ from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..argtypes import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WORKERS, MIN_IMAGE_SIZE
-from ..errors import UserError
+from ...argtypes import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WORKERS, MIN_IMAGE_SIZE
+from ...errors import UserError
 
 # Trainer arguments solo-surgical sets itself: the run folder layout depends on them.
 RESERVED_TRAINER_KEYS = {
@@ -103,7 +103,7 @@ def check_choice(key: str, value: Any, choices: Iterable[Any], *, none_ok: bool 
 
 def _schema(config_name: str) -> DictConfig:
     """The packaged config file(s), whose keys are the known keys."""
-    folder = resources.files("solo_surgical.configs")
+    folder = resources.files("solo_surgical.hosts.lightly.configs")
     schema = OmegaConf.load(str(folder / "pretrain.yaml"))
     if config_name == "teacher":
         schema = OmegaConf.merge(schema, OmegaConf.load(str(folder / "teacher.yaml")))
@@ -173,7 +173,7 @@ def check_trainer(trainer: DictConfig) -> None:
 
 
 def check_data(data: DictConfig) -> None:
-    from ..data.datasets import parse_budget
+    from ...data.datasets import parse_budget
 
     if data.root is not None:
         root = Path(str(data.root))
@@ -216,7 +216,7 @@ def check_optimizer(opt: DictConfig, max_epochs: int) -> None:
 
 
 def check_distill(distill: DictConfig) -> None:
-    from ..distill.head import WEIGHT_PRESETS
+    from ...distill.head import WEIGHT_PRESETS
 
     check_float("distill.weight", distill.weight, 0.0)
     check_float("distill.ssl_weight", distill.ssl_weight, 0.0)
@@ -231,7 +231,7 @@ def check_distill(distill: DictConfig) -> None:
 def check_method_kwargs(method: DictConfig) -> None:
     """``method.kwargs`` against the method's ``Hparams`` dataclass: known keys, the type of each
     default, and the ranges every method shares by name (sizes, temperatures, momenta, queues)."""
-    from ..methods import resolve_method
+    from .registry import resolve_method
 
     resolved = resolve_method(str(method.name))
     specs = {f.name: f for f in fields(resolved.cls.Hparams)}
@@ -270,7 +270,7 @@ def check_run(run: DictConfig) -> None:
 
 
 def check_backbone(backbone: DictConfig) -> None:
-    from ..backbones import backbone_names
+    from ...backbones import backbone_names
 
     check_choice("backbone.name", backbone.name, backbone_names())
     if backbone.init is not None and not Path(str(backbone.init)).is_file():
@@ -279,7 +279,7 @@ def check_backbone(backbone: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig, config_name: str) -> None:
     """Raise :class:`UserError` naming the first bad key of a composed ``pretrain`` / ``teacher`` config."""
-    from ..methods import resolve_method
+    from .registry import resolve_method
 
     check_known_keys(cfg, config_name)
     check_trainer(cfg.trainer)

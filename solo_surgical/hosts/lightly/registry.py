@@ -1,19 +1,17 @@
-"""Method registry: a name in, a method class (and whether it is distilled) out.
+"""The lightly host's method registry: a name in, a method class (and whether it is distilled) out.
 
-Hosts register *base* SSL methods. Every base method that exposes its query/key
+The method modules of this package register *base* SSL methods with :func:`register_method`. Every base method that exposes its query/key
 embeddings (``supports_distillation = True``) automatically gets a distilled form
 ``distill_<name>``: the registry grows by registering a base method only.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import UserError
+from ...errors import UserError
 
 DISTILL_PREFIX = "distill_"
-_HOST_MODULES = ("solo_surgical.hosts.lightly",)
 _METHODS: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -46,8 +44,9 @@ def register_method(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type]
 
 
 def _load_hosts() -> None:
-    for module in _HOST_MODULES:
-        importlib.import_module(module)
+    """Import the method modules, which register their classes (plain imports, resolved at call time
+    because each of them imports this module for the decorator)."""
+    from . import dino, methods, nnclr, siamese, swav  # noqa: F401
 
 
 def method_names(include_aliases: bool = False) -> list[str]:

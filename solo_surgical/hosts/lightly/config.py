@@ -13,11 +13,11 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..atomic import write_text
-from ..errors import UserError
-from ..methods import method_names, resolve_method
+from ...atomic import write_text
+from ...errors import UserError
+from .registry import method_names, resolve_method
 
-CONFIG_MODULE = "solo_surgical.configs"
+from . import CONFIG_MODULE
 
 
 def _store_methods() -> None:
@@ -30,8 +30,9 @@ def _store_methods() -> None:
         store.store(group="method", name=name, node={"name": resolved.name, "kwargs": kwargs})
 
 
-def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
-    """Compose ``solo_surgical/configs/<config_name>.yaml`` with Hydra overrides.
+def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None,
+            config_module: str = CONFIG_MODULE) -> DictConfig:
+    """Compose ``<config_module>/<config_name>.yaml`` (default: this host's ``configs/``) with Hydra overrides.
 
     With ``config_dir`` (``--config-path``), ``<config_dir>/<config_name>.yaml`` is the primary config
     and the packaged configs stay on the search path, so a user's file can start from ours
@@ -52,9 +53,9 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | P
         if not (folder / f"{config_name}.yaml").is_file():
             raise UserError(f"--config-name {config_name}: {folder / (config_name + '.yaml')} not found")
         context = initialize_config_dir(config_dir=str(folder), version_base="1.3")
-        overrides = [f"hydra.searchpath=[pkg://{CONFIG_MODULE}]", *overrides]
+        overrides = [f"hydra.searchpath=[pkg://{config_module}]", *overrides]
     else:
-        context = initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3")
+        context = initialize_config_module(config_module=config_module, version_base="1.3")
     try:
         with context:
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
