@@ -10,7 +10,6 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -25,6 +24,7 @@ from .registry import resolve_method
 from .config import global_batch_size, require
 from .rundir import (run_folder_lock, CHECKPOINT_FILENAME, CHECKPOINTS, META_KEY, Launch, check_resume_fits, plan_launch, run_meta,
                      start_launch)
+from ...train.loggers import build_loggers
 from ...train.progress import EpochLines, progress_mode
 from .validate import validate_config
 from . import device_data
@@ -181,35 +181,6 @@ def seed_run(cfg: DictConfig) -> None:
     """Seed every generator (python, numpy, torch, DataLoader workers) *before* anything random is
     built: the model's initial weights, the generated images and the augmentations all draw from it."""
     pl.seed_everything(int(cfg.run.seed), workers=True, verbose=False)
-
-
-LOGGERS = ("csv", "tensorboard", "wandb")
-
-
-def build_loggers(names: Any, run_dir: Path) -> list[Any]:
-    """Lightning loggers by name (``run.loggers``): ``csv`` -> RUN_DIR/logs/version_N/metrics.csv,
-    ``tensorboard`` -> RUN_DIR/tensorboard/version_N, ``wandb`` (when installed; offline unless
-    ``WANDB_MODE`` says otherwise) -> RUN_DIR/wandb. Each launch gets a new version folder."""
-    names = [str(n) for n in (names or [])]
-    unknown = [n for n in names if n not in LOGGERS]
-    if unknown:
-        raise UserError(f"run.loggers: unknown {', '.join(unknown)} (known: {', '.join(LOGGERS)})")
-    loggers: list[Any] = []
-    for name in dict.fromkeys(names):
-        if name == "csv":
-            loggers.append(CSVLogger(str(run_dir), name="logs"))
-        elif name == "tensorboard":
-            loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard"))
-        else:
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                raise UserError("run.loggers: wandb is not installed (pip install wandb)") from None
-            from lightning.pytorch.loggers import WandbLogger
-
-            loggers.append(WandbLogger(save_dir=str(run_dir), project="solo-surgical",
-                                       offline=os.environ.get("WANDB_MODE", "offline") == "offline"))
-    return loggers
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, meta: dict[str, Any]) -> pl.Trainer:
