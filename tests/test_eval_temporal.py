@@ -108,6 +108,12 @@ def test_linear_probe_beats_chance(tmp_path, capsys):
     assert result["protocol"] == "standard" and "best validation" in result["selection"]
     assert result["test_acc"] > 2 * 100 / 7  # chance is 1/7
     assert (out / "predictions" / "video49_pred.txt").exists()
+    # the probe logs like pretraining (Lightning's CSV and TensorBoard loggers) and says each epoch
+    metrics = (out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    assert metrics[0].split(",") == ["epoch", "step", "train/acc", "train/loss", "val/acc"] and len(metrics) == 61
+    assert list((out / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    assert [line.split("  ")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")] == \
+        [f"epoch {e}/30" for e in range(1, 31)]
     # the probe checkpoint is readable as a backbone by extract
     feats = tmp_path / "feats"
     assert main(["extract", "--data", str(data), "--out", str(feats), "--checkpoint", str(out / "linear.ckpt"),

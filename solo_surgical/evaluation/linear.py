@@ -1,7 +1,8 @@
 """``solo-surgical linear``: frame-level phase classification on a prepared folder.
 
 * default (linear probe): the backbone is frozen; features of every labeled frame are computed
-  once (evaluation transform) and a linear layer is trained on them;
+  once (evaluation transform) and a linear layer is trained on them by Lightning (``probe.py``:
+  logs in ``OUT/logs/version_N/metrics.csv`` and ``OUT/tensorboard/``, one line per epoch);
 * ``--finetune``: backbone and linear layer trained end to end with crop/flip augmentation.
 
 The epoch kept is the one with the best accuracy on the **validation** videos of the split
@@ -47,39 +48,18 @@ def _features(module, dataset, batch_size: int, workers: int, device: str):
 
 
 def _accuracy(logits, labels) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+    from .probe import accuracy
+
+    return accuracy(logits, labels)
 
 
 def train_probe(train_x, train_y, val_x, val_y, num_classes: int, epochs: int, lr: float,
-                batch_size: int, weight_decay: float = 0.0, seed: int = 0):
-    """Linear layer on fixed features (features standardised with train statistics).
-    Returns ``(head, mean, std, history, best_epoch)``."""
-    import torch
-    from torch import nn
+                batch_size: int, weight_decay: float = 0.0, seed: int = 0, **options: Any):
+    """Linear layer on fixed features, trained by Lightning (:func:`solo_surgical.evaluation.probe.train_probe`;
+    ``options``: ``out`` for its logs, ``loggers``, ``progress``). Returns ``(head, mean, std, history, best_epoch)``."""
+    from .probe import train_probe as train  # Lightning is imported only when a probe is trained
 
-    torch.manual_seed(seed)
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    head = nn.Linear(train_x.shape[1], num_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    xs, history = (train_x - mean) / std, []
-    best, best_state, best_epoch = -1.0, None, epochs
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
-        for idx in torch.randperm(len(xs), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(head(xs[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            row = {"epoch": epoch, "train_acc": _accuracy(head(xs), train_y)}
-            if val_x is not None:
-                row["val_acc"] = _accuracy(head((val_x - mean) / std), val_y)
-                if row["val_acc"] > best:
-                    best, best_state, best_epoch = row["val_acc"], copy.deepcopy(head.state_dict()), epoch
-        history.append(row)
-    if best_state is not None:
-        head.load_state_dict(best_state)
-    return head, mean, std, history, best_epoch
+    return train(train_x, train_y, val_x, val_y, num_classes, epochs, lr, batch_size, weight_decay, seed, **options)
 
 
 # The rule of each numeric option: argparse's type= and LinearConfig's check, one table for both.
@@ -135,8 +115,9 @@ class LinearConfig:
 
 
 def run_linear(args: LinearConfig) -> dict[str, Any]:
-    """Train the probe (or fine-tune) and score it; writes ``OUT/linear.json``, ``OUT/linear.ckpt`` and
-    per-video predictions; returns what ``linear.json`` holds (``val_acc``, ``test_acc``, history, ...)."""
+    """Train the probe (or fine-tune) and score it; writes ``OUT/linear.json``, ``OUT/linear.ckpt``,
+    per-video predictions and (probe) the training logs; returns what ``linear.json`` holds (``val_acc``,
+    ``test_acc``, history, ...)."""
     import torch
     from torch import nn
     from torchvision import transforms as T
@@ -169,7 +150,7 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
         tx, ty = _features(module, train_set, args.batch_size, args.workers, args.device)
         vx, vy = _features(module, val_set, args.batch_size, args.workers, args.device) if val_set else (None, None)
         head, mean, std, history, best_epoch = train_probe(tx, ty, vx, vy, n_cls, args.epochs, args.lr,
-                                                           args.batch_size, args.weight_decay, args.seed)
+                                                           args.batch_size, args.weight_decay, args.seed, out=out)
 
         def classify(dataset):
             x, y = _features(module, dataset, args.batch_size, args.workers, args.device)

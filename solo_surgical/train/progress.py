@@ -34,11 +34,13 @@ def _format(value: float) -> str:
 
 class EpochLines(Callback):
     """One line per finished training epoch on ``stream`` (rank 0 only): epoch, step, the epoch's
-    logged ``train/*`` values (the last step's; the name without ``train/``), the learning rate and
-    the epoch's wall time."""
+    logged ``train/*`` values (the last step's; the name without ``train/``), the values under the
+    ``also`` prefixes (``also=("val/",)``: ``val/acc`` shown as ``val_acc``; logged before the epoch
+    ends, e.g. by the validation loop), the learning rate and the epoch's wall time."""
 
-    def __init__(self, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, stream: Optional[TextIO] = None, also: tuple[str, ...] = ()) -> None:
         self.stream = stream
+        self.also = tuple(also)
         self._start = time.monotonic()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -54,6 +56,9 @@ class EpochLines(Callback):
             base = key.removesuffix("_step").removesuffix("_epoch")
             if key.startswith("train/") and (key == base or base not in metrics):
                 parts.append(f"{base[len('train/'):]} {_format(float(metrics[key]))}")
+        for key in sorted(metrics):
+            if key.startswith(self.also) and not key.endswith(("_step", "_epoch")):
+                parts.append(f"{key.replace('/', '_')} {_format(float(metrics[key]))}")
         lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
         if lrs:
             parts.append(f"lr {_format(lrs[0])}")
