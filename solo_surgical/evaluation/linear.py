@@ -22,10 +22,6 @@ from ..errors import UserError
 from .features import eval_transform, load_backbone
 
 
-def _default_protocol(dataset: str) -> str | None:
-    return "standard" if dataset == "cholec80" else None
-
-
 def _loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
     import torch
     from torch.utils.data import DataLoader
@@ -131,7 +127,7 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
     torch.set_num_threads(max(1, args.threads))
     args.device = resolve_device(args.device)  # "auto" -> cuda when available, else cpu
     data = PreparedData(args.data)
-    protocol = args.protocol or _default_protocol(data.manifest["dataset"])
+    protocol = data.spec.resolve_protocol(args.protocol)  # None: the dataset spec's default_protocol
     module, dim, name, layout = load_backbone(args.checkpoint, args.backbone, args.init_seed)
     module.to(args.device)
     n_cls = len(data.phases)
@@ -223,7 +219,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
     p.add_argument("--init-seed", type=RULES["init_seed"], default=0, help="seed of the random init (--backbone alone)")
     p.add_argument("--finetune", action="store_true", help="train the backbone too")
-    p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80, else the dataset's first)")
+    p.add_argument("--protocol", help="split scheme (default: the dataset's default_protocol; cholec80: standard)")
     p.add_argument("--budget", help="training videos: fraction, percentage or count (default: all)")
     p.add_argument("--epochs", type=RULES["epochs"], default=10)
     p.add_argument("--lr", type=RULES["lr"], default=None, help="default 1e-3 (probe, Adam) / 1e-3 (finetune, SGD)")
