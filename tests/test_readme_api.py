@@ -109,8 +109,8 @@ def test_evaluation_stages_as_functions_equal_the_commands(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_stage_configs_apply_the_command_lines_rules(tmp_path):
-    """One rule table per stage: what `linear`/`temporal` refuse on the command line, their configs refuse."""
+def test_stage_configs_apply_the_command_lines_rules(tmp_path, capsys):
+    """One rule table per stage: what `linear`/`temporal`/`extract` refuse on the command line, their configs refuse."""
     import pytest
 
     from solo_surgical import api
@@ -126,3 +126,21 @@ def test_stage_configs_apply_the_command_lines_rules(tmp_path):
         with pytest.raises(UserError, match=f"temporal: {named}"):
             api.TemporalConfig(features="f", out=tmp_path / "o", **kwargs)
     assert api.LinearConfig(data="d", out=tmp_path / "o", epochs=100_000).lr == 1e-3
+    # extract: the Python value is refused with the command line's own words (field name for option name)
+    from solo_surgical.cli import main
+
+    for option, field, value in (("--image-size", "image_size", 8), ("--workers", "num_workers", 2.5),
+                                 ("--fps", "fps", 0), ("--batch-size", "batch_size", 0), ("--init-seed", "init_seed", -1)):
+        with pytest.raises(SystemExit) as exit_:
+            main(["extract", "--data", "d", "--out", str(tmp_path / "o"), option, str(value)])
+        assert exit_.value.code == 2
+        cli = capsys.readouterr().err.strip()
+        assert len(cli.splitlines()) == 1
+        reason = cli.split(f"argument {option}: ", 1)[1].removesuffix(" (see solo-surgical extract --help)")
+        with pytest.raises(UserError) as refused:
+            api.ExtractArgs(data_dir="d", out=str(tmp_path / "o"), **{field: value})
+        assert str(refused.value) == f"extract: {field}={value!r}: {reason}"
+    with pytest.raises(UserError, match="extract: batch_size=True: True is not a number"):
+        api.ExtractArgs(data_dir="d", out="o", batch_size=True)
+    assert api.ExtractArgs(data_dir="d", out="o", fps=0.5, num_workers=256).fps == 0.5
+    assert not (tmp_path / "o").exists()

@@ -128,6 +128,9 @@ def subsample(records: Sequence, fps: float | None, native_fps: float) -> list:
             last_bin = b
     return kept
 
+    def __post_init__(self) -> None:
+        at.check_fields(self, RULES, "extract")
+
 
 class _RecordImages:
     """Dataset over prepared frame records: ``(transform(image), i)``."""
@@ -144,9 +147,16 @@ class _RecordImages:
         return self.transform(load_rgb(self.records[i].path)), i  # a corrupt frame: UserError naming it
 
 
+# The rule of each numeric option, keyed by ExtractArgs' field: argparse's type= and ExtractArgs' check,
+# one table for both (``--workers`` is the field ``num_workers``; ``--threads`` is the command's alone).
+RULES = {"init_seed": at.non_negative_int, "fps": at.positive_float, "image_size": at.image_size,
+         "batch_size": at.batch_size, "num_workers": at.workers}
+
+
 @dataclass
 class ExtractArgs:
-    """The arguments of :func:`extract` as one value (``solo_surgical.api.extract``)."""
+    """The arguments of :func:`extract` as one value (``solo_surgical.api.extract``). Numbers are checked
+    when it is made, by the rules of the command's options (one-line :class:`UserError`)."""
 
     data_dir: str
     out: str
@@ -242,13 +252,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", help="our pretraining/linear checkpoint, a teacher checkpoint, "
                                         "a torchvision or MoCo v2 state dict")
     p.add_argument("--backbone", help="architecture (default: from the checkpoint); alone: random init")
-    p.add_argument("--init-seed", type=at.non_negative_int, default=0, help="seed of the random init (--backbone alone)")
-    p.add_argument("--fps", type=at.positive_float, help="sample this many frames per second (default: all prepared)")
+    p.add_argument("--init-seed", type=RULES["init_seed"], default=0, help="seed of the random init (--backbone alone)")
+    p.add_argument("--fps", type=RULES["fps"], help="sample this many frames per second (default: all prepared)")
     p.add_argument("--parts", default="train,val,test", help="comma-separated parts (default: all)")
     p.add_argument("--protocol", help="split scheme of the dataset (default: its first)")
-    p.add_argument("--image-size", type=at.image_size, default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
-    p.add_argument("--batch-size", type=at.batch_size, default=64)
-    p.add_argument("--workers", type=at.workers, default=0, help="data loader processes")
+    p.add_argument("--image-size", type=RULES["image_size"], default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
+    p.add_argument("--batch-size", type=RULES["batch_size"], default=64)
+    p.add_argument("--workers", type=RULES["num_workers"], default=0, help="data loader processes")
     p.add_argument("--threads", type=at.threads, default=1, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.set_defaults(func=run_extract)
