@@ -11,10 +11,10 @@ import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
 from solo_surgical.backbones import backbone_names, build_backbone, public_head_keys
-from solo_surgical.checkpoints import CheckpointError, load_backbone_state
+from solo_surgical.checkpoints import CheckpointError, load_backbone, load_backbone_state
 from solo_surgical.distill import DistillationHead, DistillConfig, load_teacher
 from solo_surgical.tv_backbones import infer_vit_arch, parse_vit_spec, vit_spec
-from solo_surgical.hosts.lightly.runner import load_public_backbone, run_pretrain, run_teacher_stage
+from solo_surgical.hosts.lightly.runner import run_pretrain, run_teacher_stage
 
 from conftest import tiny_cfg
 
@@ -34,7 +34,8 @@ def public_vit(tmp_path_factory):
 
 def test_vit_backbone_is_the_published_model_minus_its_classifier(public_vit):
     path, full = public_vit
-    module, arch, info = load_public_backbone(str(path), "vit_tiny")
+    loaded = load_backbone(str(path), "vit_tiny")
+    module, arch, info = loaded.module, loaded.arch, loaded.meta
     assert arch == "vit_tiny" and info["source_layout"] == "torchvision"
     assert public_head_keys(module) == ("heads.head.weight", "heads.head.bias")
     module.eval()
@@ -59,7 +60,7 @@ def test_strict_keys_kept_for_vits(tmp_path, public_vit):
     path = tmp_path / "broken_vit.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as err:
-        load_public_backbone(str(path), "vit_tiny")
+        load_backbone(str(path), "vit_tiny")
     message = str(err.value)
     assert str(path) in message and "encoder_layer_1.mlp.3.weight" in message and "heads.pre_logits.weight" in message
     # a ResNet file offered as a ViT is refused, naming keys
@@ -188,7 +189,8 @@ def test_dinov2_hub_file_converts_exactly(tmp_path):
     path = tmp_path / "dinov2_mini_pretrain.pth"
     torch.save(state, path)
     name = vit_spec(32, 8, 2, 2, 128, 256)  # 64-d heads, as in every DINOv2 model
-    module, arch, info = load_public_backbone(str(path), name)
+    loaded = load_backbone(str(path), name)
+    module, arch, info = loaded.module, loaded.arch, loaded.meta
     assert arch == name and info["source_layout"] == "dinov2-hub"
     module.eval()
     x = torch.randn(3, 3, 32, 32)
@@ -210,7 +212,7 @@ def test_dinov2_keys_without_counterpart_are_refused(tmp_path):
     path = tmp_path / "dinov2_reg.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="register_tokens") as err:
-        load_public_backbone(str(path), vit_spec(32, 8, 2, 2, 128, 256))
+        load_backbone(str(path), vit_spec(32, 8, 2, 2, 128, 256))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -240,7 +242,8 @@ def test_teacher_stage_reads_a_vit_architecture_from_the_file_alone(tmp_path):
     vit = VisionTransformer(image_size=28, patch_size=14, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
     path = tmp_path / "vits14_public.pth"
     torch.save(vit.state_dict(), path)
-    module, arch, info = load_public_backbone(str(path), None)
+    loaded = load_backbone(str(path), None)
+    module, arch, info = loaded.module, loaded.arch, loaded.meta
     assert arch == "vit:image=28,patch=14,layers=12,heads=6,hidden=384,mlp=1536"
     assert info["source_layout"] == "torchvision"
     x = torch.rand(2, 3, 28, 28)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from solo_surgical.checkpoints import CheckpointError
+from solo_surgical.checkpoints import CheckpointError, load_backbone
 from solo_surgical.distill import load_teacher
-from solo_surgical.hosts.lightly.runner import build_model, fit, load_public_backbone, run_teacher_stage
+from solo_surgical.hosts.lightly.runner import build_model, fit, run_teacher_stage
 
 from conftest import make_teacher_checkpoint, tiny_cfg
 
@@ -27,7 +27,8 @@ def _assert_same_weights(module, reference):
 def test_torchvision_layout(tmp_path, resnet18_state):
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(resnet18_state, path)
-    module, arch, info = load_public_backbone(str(path))
+    loaded = load_backbone(str(path))
+    module, arch, info = loaded.module, loaded.arch, loaded.meta
     assert arch == "resnet18" and info["source_layout"] == "torchvision" and len(info["source_sha256"]) == 64
     _assert_same_weights(module, resnet18_state)
 
@@ -42,7 +43,8 @@ def test_mocov2_layout(tmp_path, resnet18_state):
                   "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
     path = tmp_path / "moco_v2_200ep_pretrain.pth.tar"
     torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
-    module, arch, info = load_public_backbone(str(path))
+    loaded = load_backbone(str(path))
+    module, arch, info = loaded.module, loaded.arch, loaded.meta
     assert arch == "resnet18" and info["source_layout"] == "mocov2"
     _assert_same_weights(module, resnet18_state)
 
@@ -54,7 +56,7 @@ def test_wrong_layout_names_the_offending_keys(tmp_path, resnet18_state):
     path = tmp_path / "broken.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as err:
-        load_public_backbone(str(path))
+        load_backbone(str(path))
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     assert "layer3.0.conv1.weight" in message and "layer4.1.bn2.extra_stat" in message
@@ -65,12 +67,12 @@ def test_wrong_shape_and_missing_file(tmp_path, resnet18_state):
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
     torch.save(state, tmp_path / "shape.pth")
     with pytest.raises(CheckpointError, match=r"conv1.weight \(64, 3, 3, 3\) != \(64, 3, 7, 7\)"):
-        load_public_backbone(str(tmp_path / "shape.pth"))
+        load_backbone(str(tmp_path / "shape.pth"))
     with pytest.raises(CheckpointError, match="not found"):
-        load_public_backbone(str(tmp_path / "nope.pth"))
+        load_backbone(str(tmp_path / "nope.pth"))
     (tmp_path / "torn.pth").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
-        load_public_backbone(str(tmp_path / "torn.pth"))
+        load_backbone(str(tmp_path / "torn.pth"))
 
 
 def test_frozen_teacher_stays_in_eval_and_has_no_grad(teacher_ckpt):
@@ -150,6 +152,7 @@ def test_pre_041_checkpoint_without_batchnorm_counters(tmp_path, resnet18_state)
     old = {k: v for k, v in resnet18_state.items() if not k.endswith("num_batches_tracked")}
     assert len(old) < len(resnet18_state)
     torch.save(old, tmp_path / "resnet18-old.pth")
-    module, arch, _ = load_public_backbone(str(tmp_path / "resnet18-old.pth"))
+    loaded = load_backbone(str(tmp_path / "resnet18-old.pth"))
+    module, arch, _ = loaded.module, loaded.arch, loaded.meta
     assert arch == "resnet18"
     assert torch.equal(module.state_dict()["layer1.0.bn1.running_var"], resnet18_state["layer1.0.bn1.running_var"])

@@ -253,10 +253,10 @@ class Benchmark:
         """The student architecture, randomly initialised from ``seed`` (global RNG untouched), saved.
 
         The same seeded init as ``linear`` / ``extract --backbone ARCH --init-seed SEED``."""
-        from ..evaluation.features import load_backbone
+        from ..checkpoints import random_backbone
 
         arch = str(self.cfg.pretrain.backbone.name)
-        module = load_backbone(None, arch, int(seed))[0]
+        module = random_backbone(arch, int(seed)).module
         return torch_save(module.state_dict(), work / "backbone" / f"random-{arch}-s{seed}.pth"), arch
 
     def _note_architectures(self, cells: list[Cell]) -> None:

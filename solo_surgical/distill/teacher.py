@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import torch_save
-from ..backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from ..checkpoints import TEACHER_FORMAT, CheckpointError, load_backbone_state, load_file, sha256_file
+from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+from ..checkpoints import (TEACHER_FORMAT, CheckpointError, backbone_from_keys, load_backbone_state, load_file,
+                           read_backbone_keys, sha256_file)
+from .freeze import freeze
 from .mlp import build_mlp, describe_mlp, mlp_output_dim, sequential_of
 
 TEACHER_VERSION = 1
@@ -29,10 +31,9 @@ TEACHER_VERSION = 1
 class FrozenTeacher(nn.Module):
     """Backbone + projector that never learns and never changes its BatchNorm statistics.
 
-    * every parameter has ``requires_grad=False`` (so optimisers built from trainable
-      parameters never see them);
-    * :meth:`train` is overridden: the module stays in eval mode when Lightning calls
-      ``model.train()`` on the student;
+    * it is frozen by :func:`~solo_surgical.distill.freeze.freeze` with ``bn="frozen"``: no
+      parameter learns, and it stays in eval mode when Lightning calls ``model.train()`` on the
+      student (or restores its modes by assigning ``.training``);
     * :meth:`forward` runs under ``torch.inference_mode()`` (returns an ordinary tensor).
 
     If the data pipeline normalises images with statistics other than the teacher's own,
@@ -61,14 +62,9 @@ class FrozenTeacher(nn.Module):
         self.register_buffer("_scale", (s_in / s_t).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_shift", ((m_in - m_t) / s_t).view(1, 3, 1, 1), persistent=False)
         self._renormalise = not (torch.equal(m_in, m_t) and torch.equal(s_in, s_t))
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "FrozenTeacher":
-        # Lightning calls .train() on the whole LightningModule at every epoch start;
-        # a frozen teacher must keep using (and never update) its BatchNorm statistics.
-        return super().train(False)
+        # Lightning calls .train() on the whole LightningModule at every epoch start; a frozen
+        # teacher must keep using (and never update) its BatchNorm statistics.
+        freeze(self, bn="frozen")
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) images -> (B, Dt) teacher embeddings (not normalised), without gradient.
@@ -78,10 +74,6 @@ class FrozenTeacher(nn.Module):
         inference mode: inference tensors may not be saved for backward nor written in place
         later, and the clone of (B, Dt) costs nothing next to the backbone.
         """
-        # Lightning may restore saved per-module modes by assigning `.training` directly,
-        # bypassing train(); re-pin eval mode where it matters, at the forward.
-        for module in self.modules():
-            module.training = False
         with torch.inference_mode():
             if self._renormalise:
                 images = images * self._scale + self._shift
@@ -129,12 +121,7 @@ def load_teacher(path: str | Path, input_mean: Sequence[float] = IMAGENET_MEAN,
             f"a public backbone goes in teacher.source)")
     if obj.get("version") != TEACHER_VERSION:
         raise CheckpointError(f"{path}: teacher checkpoint version {obj.get('version')} is not supported")
-    arch = obj["backbone"]["arch"]
-    try:
-        backbone, _ = build_backbone(arch)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: {exc.args[0]}") from None
-    load_backbone_state(backbone, obj["backbone"]["state_dict"], path)
+    backbone = backbone_from_keys(read_backbone_keys(obj, path), path).module  # arch: the file's backbone.arch
     projector = build_mlp(obj["projector"]["layers"])
     load_backbone_state(projector, obj["projector"]["state_dict"], f"{path} (projector)")
     meta = dict(obj.get("meta", {}))

@@ -70,41 +70,15 @@ def load_feature_dir(folder: str | Path) -> tuple[dict[str, FeatureFile], dict]:
 
 
 def load_backbone(checkpoint: str | None, backbone: str | None, init_seed: int = 0):
-    """``(module, feature_dim, name, layout)`` from a checkpoint (any layout of
-    :mod:`solo_surgical.checkpoints`) or a registered backbone name (random init, seeded by
-    ``init_seed`` without touching the global generator: ``linear`` and ``extract`` given the same
-    seed see the same random network)."""
-    from ..backbones import build_backbone, infer_arch
-    from ..checkpoints import extract_backbone_state, load_backbone_state, load_file
+    """``(module, feature_dim, name, layout)`` for ``linear`` / ``extract``: the one reader
+    (:func:`solo_surgical.checkpoints.load_backbone`, any layout; ``--backbone`` wins over the
+    file) or, without a checkpoint, ``--backbone`` randomly initialised from ``init_seed``."""
+    from ..checkpoints import load_backbone as read
 
-    if checkpoint is None:
-        if backbone is None:
-            raise UserError("give --checkpoint, or --backbone for a randomly initialised one")
-        import torch
-
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                module, dim = build_backbone(backbone)
-        except KeyError as exc:
-            raise UserError(str(exc).strip("'\"")) from None
-        return module, dim, backbone, f"random-init (seed {init_seed})"
-    obj = load_file(checkpoint)
-    state, layout = extract_backbone_state(obj, checkpoint)
-    name = backbone
-    if name is None and isinstance(obj, dict):
-        name = (obj.get("backbone") or {}).get("arch") if isinstance(obj.get("backbone"), dict) else None
-        hp_name = (obj.get("hyper_parameters") or {}).get("backbone")
-        name = name or (hp_name if isinstance(hp_name, str) else None)
-    name = name or infer_arch(state)
-    if name is None:
-        raise UserError(f"{checkpoint}: cannot tell the architecture; give --backbone")
-    try:
-        module, dim = build_backbone(str(name))
-    except KeyError as exc:
-        raise UserError(f"{checkpoint}: {str(exc).strip(chr(34) + chr(39))}") from None
-    load_backbone_state(module, state, checkpoint)
-    return module, dim, str(name), layout
+    if checkpoint is None and backbone is None:
+        raise UserError("give --checkpoint, or --backbone for a randomly initialised one")
+    loaded = read(checkpoint, arch=backbone, init_seed=init_seed, ask="give --backbone")
+    return loaded.module, loaded.feature_dim, loaded.arch, loaded.layout
 
 
 def eval_transform(image_size: int):
@@ -127,9 +101,6 @@ def subsample(records: Sequence, fps: float | None, native_fps: float) -> list:
             kept.append(r)
             last_bin = b
     return kept
-
-    def __post_init__(self) -> None:
-        at.check_fields(self, RULES, "extract")
 
 
 class _RecordImages:
@@ -170,6 +141,9 @@ class ExtractArgs:
     num_workers: int = 0
     device: str = "auto"
     init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        at.check_fields(self, RULES, "extract")
 
 
 def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backbone: str | None,

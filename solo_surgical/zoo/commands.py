@@ -125,7 +125,7 @@ def _report_checked(name: str, checked: list[str], sha256: str) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError, load_file
-    from .convert import convert_object, load_public
+    from .convert import convert_object
     from .fetch import check_hashes, file_digests
 
     path = Path(args.file).expanduser()
@@ -143,7 +143,7 @@ def _verify(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{path}: SHA-256 {digests.sha256[:len(want)]}... does not match {want} "
                                   f"({digests.size} bytes)")
         checked.append(f"SHA-256 {'=' if len(want) == 64 else 'prefix'} {want} (--sha256)")
-    obj = load_public(path) if source is not None else load_file(path)
+    obj = load_file(path, trusted=source is None)  # a published file: tensors only, no pickled code
     conversion = convert_object(obj, source=source, where=path)
     print(f"file: {path} ({digests.size} bytes)")
     print(f"sha256: {digests.sha256}")
@@ -161,7 +161,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from ..checkpoints import load_file
-    from .convert import convert_object, load_public, load_timm, source_meta, write_teacher_init
+    from .convert import convert_object, load_timm, source_meta, write_teacher_init
     from .fetch import check_hashes, fetch, file_digests
 
     out = Path(args.out).expanduser()
@@ -176,7 +176,7 @@ def _convert(args: argparse.Namespace) -> int:
         source = manifest.get(args.name) if args.name else manifest.by_file_name(path.name)
         digests = file_digests(path)
         checked = check_hashes(path, source, digests) if source and not source.timm_model else []
-        obj = load_public(path) if source is not None else load_file(path)  # a bare FILE may be our own run
+        obj = load_file(path, trusted=source is None)  # a bare FILE may be our own run
         conversion = convert_object(obj, source=source, where=path, arch=args.arch)
         meta = source_meta(source, path, digests.sha256, checked)
     else:
@@ -189,7 +189,8 @@ def _convert(args: argparse.Namespace) -> int:
             meta = source_meta(source, Path(args.file) if args.file else None, None, [])
         else:
             result = fetch(source, cache=args.cache_dir, file=args.file, timeout=args.timeout)
-            conversion = convert_object(load_public(result.path), source=source, where=result.path, arch=args.arch)
+            conversion = convert_object(load_file(result.path, trusted=False), source=source, where=result.path,
+                                        arch=args.arch)
             meta = source_meta(source, result.path, result.digests.sha256, result.checked)
     out, sidecar = write_teacher_init(conversion, args.out, {**meta, **extra})
     print(f"wrote {out} ({conversion.arch}, {len(conversion.state)} tensors, from {conversion.layout} layout; "

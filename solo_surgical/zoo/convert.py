@@ -21,14 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..atomic import write_bytes, write_json
-from ..checkpoints import (CheckpointError, extract_backbone_state, fill_batchnorm_counters,
-                           load_backbone_state)
+from ..checkpoints import CheckpointError, backbone_from_keys, read_backbone_keys
 from ..errors import UserError
 from .manifest import ZooSource
 
 TEACHER_INIT_FORMAT = "solo-surgical-teacher-init"
-# Prefixes a backbone key may carry in a published container, most specific first.
-_PREFIXES = ("module.encoder_q.", "encoder_q.", "backbone.", "module.", "")
 
 
 @dataclass
@@ -42,95 +39,34 @@ class Conversion:
     filled: list[str]  # BatchNorm counters added because the source predates them
 
 
-def _container(obj: Any, layout: str) -> Mapping[str, Any]:
-    if isinstance(obj, Mapping) and layout == "solo-surgical-teacher":
-        return obj["backbone"]["state_dict"]
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return obj["state_dict"]
-    return obj
-
-
-def _prefix(container: Mapping[str, Any], state: Mapping[str, Any]) -> str:
-    for prefix in _PREFIXES:
-        if all(prefix + k in container for k in state):
-            return prefix
-    return ""
-
-
-def load_public(path: str | Path) -> Any:
-    """Load a downloaded public checkpoint without running its pickled code.
-
-    ``weights_only=True`` admits tensors, containers and numbers only, which is all the published
-    files (torchvision, MoCo v2 with its optimiser state, DINO) hold; anything else in a file
-    fetched from the internet is refused rather than executed. Our own Lightning checkpoints
-    need full unpickling and go through :func:`solo_surgical.checkpoints.load_file` instead.
-    """
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(f"{path}: holds Python objects besides tensors; refusing to unpickle a "
-                                  f"downloaded file (convert a copy you trust with `zoo convert FILE`)") from None
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (UnpicklingError: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-    except Exception as exc:  # truncated zip, garbage, ...
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-
-
 def convert_object(obj: Any, source: Optional[ZooSource] = None, where: str | Path = "<memory>",
                    arch: Optional[str] = None) -> Conversion:
     """Convert a loaded checkpoint object; with ``source``, check it against the manifest entry.
 
-    Checked against ``source``: the detected layout, the prefix and container of the key mapping,
-    that every discarded key matches a documented ``drop`` pattern, and the architecture.
+    Read by the one reader (:func:`solo_surgical.checkpoints.read_backbone_keys`, then
+    :func:`~solo_surgical.checkpoints.backbone_from_keys`). Checked against ``source`` before any
+    model is built: the detected layout, the prefix and container of the key mapping, that every
+    discarded key matches a documented ``drop`` pattern; then the architecture (``arch``, else the
+    manifest's, must be what the keys hold).
     """
-    from ..backbones import build_backbone, infer_arch
-
-    state, layout = extract_backbone_state(obj, where)
-    container = _container(obj, layout)
-    prefix = _prefix(container, state)
-    dropped = sorted(set(container) - {prefix + k for k in state})
-    if layout == "dinov2-hub":
-        # renamed, not selected: the conversion uses every source key but mask_token, or refuses the file
-        dropped = sorted(k for k in container if k == "mask_token")
+    keys = read_backbone_keys(obj, where)
     if source is not None:
         mapping = source.key_mapping
         expected_layout = "torchvision" if source.layout == "timm" else source.layout
-        if layout != expected_layout:
-            raise CheckpointError(f"{where}: keys are in {layout} layout, but {source.name} is published "
+        if keys.layout != expected_layout:
+            raise CheckpointError(f"{where}: keys are in {keys.layout} layout, but {source.name} is published "
                                   f"in {expected_layout} layout (wrong file?)")
-        if prefix != mapping.strip_prefix:
-            raise CheckpointError(f"{where}: backbone keys carry prefix {prefix!r}, the manifest says "
+        if keys.prefix != mapping.strip_prefix:
+            raise CheckpointError(f"{where}: backbone keys carry prefix {keys.prefix!r}, the manifest says "
                                   f"{mapping.strip_prefix!r} for {source.name}")
-        undocumented = [k for k in dropped if not mapping.is_documented_drop(k)]
+        undocumented = [k for k in keys.dropped if not mapping.is_documented_drop(k)]
         if undocumented:
             raise CheckpointError(f"{where}: converting as {source.name} would drop {len(undocumented)} keys the "
                                   f"manifest does not list ({', '.join(undocumented[:5])})")
-    inferred = infer_arch(state)
-    wanted = arch or (source.arch if source is not None else None)
-    if wanted and inferred and wanted != inferred:
-        raise CheckpointError(f"{where}: holds a {inferred}, expected {wanted}")
-    arch = wanted or inferred
-    if arch is None:
-        first = ", ".join(list(state)[:3])
-        raise CheckpointError(f"{where}: not a torchvision ResNet layout (first keys: {first}); "
-                              f"give the architecture with --arch")
-    try:
-        model, _ = build_backbone(arch)
-    except KeyError as exc:
-        raise CheckpointError(f"{where}: {exc.args[0]}") from None
-    state = dict(state)
-    filled = fill_batchnorm_counters(state, model.state_dict())
-    load_backbone_state(model, state, where)
-    return Conversion(state=state, arch=arch, layout=layout, dropped=dropped, filled=filled)
+    loaded = backbone_from_keys(keys, where, arch=arch or (source.arch if source is not None else None),
+                                keys_must_match_arch=True, ask="give the architecture with --arch")
+    return Conversion(state=loaded.state, arch=loaded.arch, layout=keys.layout, dropped=list(keys.dropped),
+                      filled=list(loaded.filled))
 
 
 def load_timm(source: ZooSource, file: str | Path | None = None) -> tuple[Conversion, ZooSource, dict[str, Any]]:

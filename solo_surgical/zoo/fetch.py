@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import urlparse
 
-from ..checkpoints import CheckpointError
+from ..checkpoints import CheckpointError, load_file
 from ..errors import UserError
 from .manifest import ZooSource
 
@@ -106,10 +106,10 @@ def _check_file(path: Path, source: ZooSource, shown_as: str | Path | None = Non
     if not checked:
         # Nothing published to compare with: at least make sure the file is a complete
         # checkpoint in the documented layout (a truncated zip fails to load).
-        from .convert import convert_object, load_public
+        from .convert import convert_object
 
         # The layout check does not count as "verified": `checked` stays empty.
-        convert_object(load_public(path), source=source, where=shown_as or path)
+        convert_object(load_file(path, trusted=False), source=source, where=shown_as or path)
     return digests, checked
 
 

@@ -20,7 +20,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from ...backbones import build_backbone
-from ...distill import DistillationHead
+from ...distill import BN_MODES, DistillationHead, freeze
 from ...errors import UserError
 
 # Checkpoint entry that replaces the frozen teacher's tensors: {"file": path, "sha256": hex digest}.
@@ -69,7 +69,7 @@ class SSLMethod(pl.LightningModule):
         optim: optimiser settings (:class:`OptimConfig` fields).
         distill: an optional :class:`DistillationHead` (``distill_<method>``).
         freeze_backbone: ``None`` to train everything, or ``"frozen"`` / ``"recompute"``
-            for the teacher stage (only heads train).
+            for the teacher stage (only heads train; the modes of :func:`~solo_surgical.distill.freeze`).
         backbone_module: an already built backbone (e.g. loaded from a public checkpoint).
     """
 
@@ -93,11 +93,11 @@ class SSLMethod(pl.LightningModule):
         self.backbone_frozen = freeze_backbone is not None
         self.backbone_bn = freeze_backbone
         if freeze_backbone is not None:
-            if freeze_backbone not in ("frozen", "recompute"):
+            if freeze_backbone not in BN_MODES:
                 raise UserError(f"teacher.bn must be 'frozen' or 'recompute', got {freeze_backbone!r}")
-            for p in self.backbone.parameters():
-                p.requires_grad_(False)
-            self.train(self.training)  # pins the backbone's BatchNorm now, before any step
+            # Teacher stage: the public backbone's weights never train; with bn="frozen" its BatchNorm
+            # statistics are pinned too ("recompute" re-estimates them on surgical frames).
+            freeze(self.backbone, bn=freeze_backbone)
         self.build_heads()
         self.distill = distill
         self.save_hyperparameters(ignore=["distill", "backbone_module"])
@@ -149,20 +149,10 @@ class SSLMethod(pl.LightningModule):
         """A frozen EMA copy of ``module``; a frozen backbone is shared, not copied."""
         if module is self.backbone and self.backbone_frozen:
             return module
-        clone = copy.deepcopy(module)
-        for p in clone.parameters():
-            p.requires_grad_(False)
-        return clone
+        # weights move by EMA, not by gradient; BatchNorm statistics follow the copy's own forwards
+        return freeze(copy.deepcopy(module), bn="recompute")
 
     # --- training -----------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "SSLMethod":
-        super().train(mode)
-        # Teacher stage: the public backbone's weights never train; with bn="frozen" its
-        # BatchNorm statistics are pinned too ("recompute" re-estimates them on surgical frames).
-        if getattr(self, "backbone_bn", None) == "frozen":
-            self.backbone.train(False)
-        return self
-
     def current_momentum(self) -> float:
         base = getattr(self.hp, "momentum", 0.99)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
@@ -181,11 +171,6 @@ class SSLMethod(pl.LightningModule):
             jpegs, index = batch
             return self.device_views(jpegs, self.device), index
         return batch
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning restores per-module modes by assigning `.training` (bypassing train()).
-        if self.backbone_bn == "frozen":
-            self.backbone.train(False)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         views = batch[0]

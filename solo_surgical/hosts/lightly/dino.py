@@ -12,6 +12,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.transforms import DINOTransform
 from torch import Tensor, nn
 
+from ...distill import freeze
 from .registry import register_method
 from .base import SSLMethod, SSLOutput
 
@@ -100,10 +101,8 @@ class DINO(SSLMethod):
         hp = self.hp
         self.projector = _dino_head(self.feature_dim, hp)
         self.backbone_momentum = self.momentum_copy(self.backbone)
-        self.projector_momentum = _dino_head(self.feature_dim, hp)
+        self.projector_momentum = freeze(_dino_head(self.feature_dim, hp), bn="recompute")  # moves by EMA only
         self.projector_momentum.load_state_dict(self.projector.state_dict())
-        for p in self.projector_momentum.parameters():
-            p.requires_grad_(False)
         self.criterion = DINOLoss(output_dim=hp.num_prototypes, warmup_teacher_temp=hp.warmup_teacher_temp,
                                   teacher_temp=hp.teacher_temp,
                                   warmup_teacher_temp_epochs=max(1, hp.warmup_teacher_temp_epochs),

@@ -15,8 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ...atomic import torch_save
-from ...backbones import build_backbone, infer_arch
-from ...checkpoints import extract_backbone_state, load_backbone_state, load_file, sha256_file
+from ...checkpoints import load_backbone
 from ...data.images import ImageFolderDataset, generate_images
 from ...distill import DistillationHead, DistillConfig, check_global_batch, load_teacher, save_teacher_checkpoint
 from ...errors import UserError, doing
@@ -86,21 +85,6 @@ def method_transform(method_name: str, cfg: DictConfig):
         raise UserError(f"data.augment: {exc}") from None
 
 
-def load_public_backbone(source: str, arch_hint: Optional[str] = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
-    """Backbone from a torchvision / MoCo v2 / solo-surgical file, strictly key-checked.
-
-    Returns ``(module, arch, info)``; info holds source path, SHA-256 and detected layout.
-    """
-    obj = load_file(source)
-    state, layout = extract_backbone_state(obj, source)
-    arch = (obj["backbone"]["arch"] if layout == "solo-surgical-teacher" else None) or infer_arch(state) or arch_hint
-    if arch is None:
-        raise UserError(f"{source}: cannot tell the architecture from its keys; set backbone.name")
-    module, _ = build_backbone(arch)
-    load_backbone_state(module, state, source)
-    return module, arch, {"source": str(source), "source_sha256": sha256_file(source), "source_layout": layout}
-
-
 def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
                 backbone_module: Optional[torch.nn.Module] = None, arch: Optional[str] = None):
     """Instantiate the configured method (and its distillation head for ``distill_*``)."""
@@ -108,7 +92,8 @@ def build_model(cfg: DictConfig, *, freeze_backbone: Optional[str] = None,
     if freeze_backbone and resolved.distilled:
         raise UserError(f"the teacher stage trains a plain method, not {resolved.name}")
     if backbone_module is None and cfg.backbone.init:
-        backbone_module, arch, _ = load_public_backbone(str(cfg.backbone.init), str(cfg.backbone.name))
+        loaded = load_backbone(str(cfg.backbone.init), str(cfg.backbone.name), ask="set backbone.name")
+        backbone_module, arch = loaded.module, loaded.arch
         if arch != str(cfg.backbone.name):
             # training another architecture than config.yaml records would be a silent wrong result
             raise UserError(f"backbone.init={cfg.backbone.init} holds a {arch}, but backbone.name={cfg.backbone.name}; "
@@ -298,7 +283,8 @@ def run_teacher_stage(cfg: DictConfig) -> Path:
 def _run_teacher_stage(cfg: DictConfig, zoo_names: dict[str, str]) -> Path:
     source = str(cfg.teacher.source)
     seed_run(cfg)
-    backbone, arch, info = load_public_backbone(source, str(cfg.backbone.name))
+    loaded = load_backbone(source, str(cfg.backbone.name), ask="set backbone.name")
+    backbone, arch, info = loaded.module, loaded.arch, loaded.meta
     OmegaConf.update(cfg, "backbone.name", arch)
     launch = plan_launch(cfg)
     model = build_model(cfg, freeze_backbone=str(cfg.teacher.bn), backbone_module=backbone, arch=arch)

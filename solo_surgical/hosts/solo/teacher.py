@@ -8,7 +8,8 @@ either host can use it.
 
 ``teacher.bn``: ``frozen`` keeps the public BatchNorm statistics (eval mode, pinned against
 Lightning's ``.train()`` and its direct ``.training`` assignments); ``recompute`` re-estimates
-them on the surgical frames, as the authors' code effectively did.
+them on the surgical frames, as the authors' code effectively did. Both are
+:func:`solo_surgical.distill.freeze` modes.
 """
 from __future__ import annotations
 
@@ -20,13 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ...backbones import backbone_names
-from ...checkpoints import extract_backbone_state, load_backbone_state, load_file, sha256_file
-from ...distill import save_teacher_checkpoint
+from ...checkpoints import load_backbone
+from ...distill import BN_MODES, freeze, save_teacher_checkpoint
 from ...distill.mlp import describe_mlp
 from ...errors import UserError
 from .common import CropCapture, crop_size, input_normalisation, select
-
-BN_MODES = ("frozen", "recompute")
 
 
 def teacher_output_path(cfg: DictConfig) -> Path:
@@ -66,14 +65,14 @@ class TeacherStageMixin(CropCapture):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         source = str(cfg.teacher.source)
-        state, layout = extract_backbone_state(load_file(source), source)
         self.frozen_backbones: list[nn.Module] = [self.backbone]
         if isinstance(getattr(self, "momentum_backbone", None), nn.Module):
             self.frozen_backbones.append(self.momentum_backbone)
+        # strict, into solo-learn's own modules (offending keys are listed); the name is only recorded
+        loaded = load_backbone(source, arch=str(cfg.backbone.name), into=self.frozen_backbones)
+        self.bn_mode: str = str(cfg.teacher.bn)
         for module in self.frozen_backbones:
-            load_backbone_state(module, state, source)  # strict: offending keys are listed
-            for p in module.parameters():
-                p.requires_grad_(False)
+            freeze(module, bn=self.bn_mode)  # "frozen": pinned in eval mode, whatever Lightning sets
         projector, predictor = self.teacher_heads()
         if projector is None:
             raise UserError(f"{cfg.method}: the method has no `{self.solo_surgical_contract.projector}`, "
@@ -84,10 +83,8 @@ class TeacherStageMixin(CropCapture):
                     describe_mlp(head)
                 except TypeError as exc:
                     raise UserError(f"{cfg.method}: its {role} cannot be exported as a teacher head ({exc})") from None
-        self.bn_mode: str = str(cfg.teacher.bn)
         self.teacher_out = Path(str(cfg.teacher.out))
-        self.source_info = {"source": source, "source_sha256": sha256_file(source), "source_layout": layout}
-        self.train(self.training)  # pin BatchNorm now, before any step
+        self.source_info = dict(loaded.meta)  # source, source_sha256, source_layout
 
     def teacher_heads(self) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
         """(projector, predictor) the teacher exports, per the method's contract (:mod:`.contracts`):
@@ -103,22 +100,6 @@ class TeacherStageMixin(CropCapture):
                 return None
 
         return find(contract.projector), find(contract.predictor)
-
-    def _pin_backbones(self) -> None:
-        if getattr(self, "bn_mode", None) == "frozen":
-            for module in self.frozen_backbones:
-                module.train(False)
-
-    def train(self, mode: bool = True) -> "TeacherStageMixin":
-        super().train(mode)  # type: ignore[misc]
-        self._pin_backbones()
-        return self
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Optional[int]:
-        # Lightning may restore per-module modes by assigning `.training` directly (bypassing train()).
-        result = super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
-        self._pin_backbones()
-        return result
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
