@@ -11,7 +11,8 @@ command prints: a path. Nothing here parses argv; the CLI and these functions sh
     >>> run_dir = api.pretrain({"method": "distill_mocov2plus", "distill.teacher": str(teacher)})
 
 The distillation core for your own training loop is :mod:`solo_surgical.distill`
-(``DistillationHead``, ``DistillConfig``, ``FrozenTeacher``, ``load_teacher``).
+(``DistillationHead``, ``DistillConfig``, ``FrozenTeacher``, ``load_teacher``, ``freeze``); any
+backbone checkpoint reads with :func:`solo_surgical.checkpoints.load_backbone`.
 """
 from __future__ import annotations
 
