@@ -99,7 +99,7 @@ def test_datamodules(prepared):
     ssl = SSLDataModule(data, two_views, batch_size=4, budget=0.5, seed=1)
     views, idx = next(iter(ssl.train_dataloader()))
     assert len(views) == 2 and views[0].shape == (4, 3, 8, 8) and idx.shape == (4,)
-    phase = PhaseDataModule(data, train_transform=None, eval_transform=None, batch_size=5)
+    phase = PhaseDataModule(data, train_transform=None, eval_transform=None, protocol="paper", batch_size=5)
     x, y = next(iter(phase.test_dataloader()))
     assert x.shape == (5, 3, 32, 32) and y.dtype == torch.long and phase.num_classes == 7
     # paper protocol: no val videos, and model selection must never fall back to the test videos

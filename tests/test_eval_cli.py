@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from solo_surgical.cli import main
-from solo_surgical.evaluation.labels import CHOLEC80_PHASES as C80, M2CAI16_PHASES, video_number, write_phase_file
+from solo_surgical.data.registry import CHOLEC80_PHASES as C80, M2CAI16_PHASES
+from solo_surgical.evaluation.labels import video_number, write_phase_file
 
 
 def _write(path, frames, labels):

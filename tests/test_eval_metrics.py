@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from solo_surgical.data.registry import CHOLEC80_PHASES, M2CAI16_PHASES
 from solo_surgical.errors import UserError
 from solo_surgical.evaluation.evaluate import evaluate_dirs
-from solo_surgical.evaluation.labels import CHOLEC80_PHASES, M2CAI16_PHASES, write_phase_file
+from solo_surgical.evaluation.labels import write_phase_file
 
 C80 = CHOLEC80_PHASES
 NAN = float("nan")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError
+from .registry import dataset_names
 
 PREPARE_EPILOG = """\
 frame selection: source frames are numbered 0,1,2,... in presentation order (as annotations count
@@ -63,7 +64,7 @@ def register(subparsers) -> None:
         "prepare", help="decode surgical videos into cropped JPEG frames with aligned phase labels",
         description="Decode Cholec80, M2CAI16 or a folder of videos into frames and labels.",
         epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=["cholec80", "m2cai16", "folder"])
+    p.add_argument("--dataset", required=True, choices=dataset_names())
     p.add_argument("--root", required=True, type=Path, help="the raw dataset folder (published layout)")
     p.add_argument("--out", required=True, type=Path, help="the prepared folder DATA")
     p.add_argument("--fps", type=_fps, default="1", help="output frame rate (default 1)")
@@ -97,7 +98,8 @@ def register(subparsers) -> None:
         description="EXPORT/pretrain/train (flat, data.no_labels=True) and EXPORT/linear/{train,val}/<i>_<Phase>/.")
     e.add_argument("--data", required=True, type=Path, help="the prepared folder")
     e.add_argument("--out", required=True, type=Path, help="the export folder (replaced if it is an export)")
-    e.add_argument("--protocol", help="split protocol (default: the dataset's first, e.g. paper)")
+    e.add_argument("--protocol", help="split protocol (default: the dataset's default_protocol; "
+                                      "cholec80: standard, whose val videos 41-48 become linear/val)")
     e.add_argument("--budget", help="training videos: a fraction (0.25, 25%%) or a count (10); default all")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=run_export)

@@ -5,7 +5,8 @@
 * :class:`VideoSequences` -- per-video clips ``(frames (T, ...), phases (T,), source indices (T,))``.
 
 Which videos: a *protocol* (the dataset's split scheme: ``paper``/``standard`` for cholec80,
-``default`` for m2cai16, ``all`` for folder) and a *part* (``train``/``val``/``test``). Low-data
+``default`` for m2cai16, ``all`` for folder; when none is named, the spec's ``default_protocol``:
+cholec80 ``standard``) and a *part* (``train``/``val``/``test``). Low-data
 regimes take a ``budget`` of **training videos** -- a fraction in (0, 1] or a count >= 1 -- chosen by
 a seeded permutation, so the same seed always gives the same videos and smaller budgets are
 subsets of larger ones. Frames are never subsampled.
@@ -95,9 +96,8 @@ class PreparedData:
         return sorted(self.manifest["videos"])
 
     def part(self, part: str, protocol: str | None = None) -> list[str]:
-        """Videos of ``part`` (train/val/test) under ``protocol`` (default: the dataset's first)."""
-        protocol = protocol or self.spec.split_names[0]
-        parts = self.spec.split(protocol, self.videos)
+        """Videos of ``part`` (train/val/test) under ``protocol`` (default: the spec's ``default_protocol``)."""
+        parts = self.spec.split(self.spec.resolve_protocol(protocol), self.videos)
         if part not in parts:
             raise UserError(f"unknown part {part!r} (known: {', '.join(parts)})")
         return parts[part]

@@ -1,5 +1,8 @@
-"""Dataset registry: where a dataset's videos and annotations live, its phases and its splits.
+"""Dataset registry: where a dataset's videos and annotations live, its phases, tools, native frame
+rate, its splits and which split a stage uses when none is named.
 
+This is the one home of these facts: labels, evaluation, preparation and every training stage read
+them from the spec (``get_dataset(name).phases``, ``.native_fps``, ``.resolve_protocol(None)``).
 Adding a dataset is one small subclass of :class:`DatasetSpec` decorated with :func:`register`.
 Video *names* (``video01``, ``workflow_video_03``) are the output folder names after ``prepare`` and
 the unit of every split and low-data subset.
@@ -41,12 +44,25 @@ class VideoSource:
 
 
 class DatasetSpec:
-    """Base class; subclasses set ``name``, ``phases`` and implement ``videos`` and ``split``."""
+    """Base class; subclasses set ``name``, ``split_names``, ``default_protocol``, ``phases`` (and
+    ``tools``, ``native_fps`` where known) and implement ``videos`` and ``split``."""
 
     name: ClassVar[str]
     split_names: ClassVar[tuple[str, ...]]
+    # The split every stage (pretrain, linear, extract, temporal, export) uses when none is named.
+    default_protocol: ClassVar[str]
+    # Frame rate of the published videos, i.e. the unit of the frame indices in the annotation
+    # files; None when the dataset does not fix one (a folder of any videos).
+    native_fps: ClassVar[float | None] = None
     phases: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
+
+    def resolve_protocol(self, protocol: str | None) -> str:
+        """``protocol``, or the dataset's default when None / empty; an unknown name is refused."""
+        chosen = protocol or self.default_protocol
+        if chosen not in self.split_names:
+            raise self._unknown_split(chosen)
+        return chosen
 
     def videos(self, root: Path) -> list[VideoSource]:
         """The raw videos under ``root``, sorted by name."""
@@ -72,6 +88,11 @@ def register(cls: type[DatasetSpec]) -> type[DatasetSpec]:
 
 def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def labelled_dataset_names() -> list[str]:
+    """The datasets whose spec fixes the phase list and the native frame rate (what ``evaluate`` scores)."""
+    return [n for n in dataset_names() if _REGISTRY[n].phases and _REGISTRY[n].native_fps]
 
 
 def get_dataset(name: str, phases: Sequence[str] | None = None) -> DatasetSpec:
@@ -106,6 +127,9 @@ class Cholec80(DatasetSpec):
 
     name = "cholec80"
     split_names = ("paper", "standard")
+    # standard has validation videos for model selection; its training videos are paper's (1-40)
+    default_protocol = "standard"
+    native_fps = 25.0
     phases = CHOLEC80_PHASES
     tools = CHOLEC80_TOOLS
 
@@ -135,6 +159,8 @@ class M2CAI16(DatasetSpec):
 
     name = "m2cai16"
     split_names = ("default",)
+    default_protocol = "default"
+    native_fps = 25.0
     phases = M2CAI16_PHASES
 
     def videos(self, root: Path) -> list[VideoSource]:
@@ -163,6 +189,7 @@ class Folder(DatasetSpec):
 
     name = "folder"
     split_names = ("all",)
+    default_protocol = "all"
 
     def videos(self, root: Path) -> list[VideoSource]:
         _require_dir(root, "the folder of videos")

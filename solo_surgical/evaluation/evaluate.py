@@ -12,7 +12,8 @@ import numpy as np
 from ..errors import UserError
 from . import metrics
 from ..atomic import write_text
-from .labels import NATIVE_FPS, dataset_phases, encode_labels, pair_files, read_phase_file
+from ..data.registry import get_dataset, labelled_dataset_names
+from .labels import encode_labels, pair_files, read_phase_file
 
 
 def label_rate(frames: np.ndarray, native_fps: float) -> float | None:
@@ -51,7 +52,10 @@ def check_fps(fps: float, rates: dict[str, float | None], protocol: str, native_
 def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, dataset: str, fps: float, protocol: str,
                   videos: set[int] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Score every paired video; return the report document and the warnings."""
-    phases = dataset_phases(dataset)
+    if dataset not in labelled_dataset_names():
+        raise UserError(f"unknown dataset {dataset!r} to score; known: {', '.join(labelled_dataset_names())}")
+    spec = get_dataset(dataset)  # the phase list and the frame rate of the label files' frame indices
+    phases, native = spec.phases, float(spec.native_fps or 0)
     if protocol not in metrics.PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; known: {', '.join(metrics.PROTOCOLS)}")
     if not (fps > 0 and math.isfinite(fps)):
@@ -60,7 +64,6 @@ def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, dataset: str, fps: f
         metrics.window_frames(fps)
     warnings: list[str] = []
     scores, rates = [], {}
-    native = NATIVE_FPS[dataset]
     for video, gt_path, pred_path in pair_files(gt_dir, pred_dir, videos):
         gt_frames, gt_labels = read_phase_file(gt_path)
         pred_frames, pred_labels = read_phase_file(pred_path)
@@ -144,7 +147,7 @@ def add_parser(subparsers: Any) -> None:
                     "'matlab' reproduces the field's MATLAB script (quirks included), 'relaxed' fixes "
                     "its early-transition indexing bug, 'strict' has no relaxation and reports "
                     "per-video mean +- std.")
-    p.add_argument("--dataset", required=True, choices=["cholec80", "m2cai16"])
+    p.add_argument("--dataset", required=True, choices=labelled_dataset_names())
     p.add_argument("--gt", required=True, help="folder of ground-truth files (video41-phase.txt, ...)")
     p.add_argument("--pred", required=True, help="folder of prediction files (video41_pred.txt, 41_pred.txt, ...)")
     p.add_argument("--fps", required=True, type=float,

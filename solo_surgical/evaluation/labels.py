@@ -1,8 +1,9 @@
-"""Phase lists and the official phase-label text format (read, write, pair by video number).
+"""The official phase-label text format (read, write, pair by video number).
 
 The format, shared by Cholec80 and M2CAI16 annotations and by the predictions the field's
 MATLAB script reads: one header line (ignored), then one ``frameIndex<whitespace>PhaseName``
-line per labelled frame.
+line per labelled frame. The phase lists and the frame rate of the frame indices are facts of the
+dataset: ``solo_surgical.data.registry.get_dataset(name).phases`` / ``.native_fps``.
 """
 from __future__ import annotations
 
@@ -14,19 +15,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..atomic import write_text
-from ..data.registry import CHOLEC80_PHASES, M2CAI16_PHASES  # one definition of the phase lists
 from ..errors import UserError
 
-DATASET_PHASES: dict[str, tuple[str, ...]] = {"cholec80": CHOLEC80_PHASES, "m2cai16": M2CAI16_PHASES}
-# Frame rate of the videos, i.e. of the frame indices in the annotation files.
-NATIVE_FPS: dict[str, float] = {"cholec80": 25.0, "m2cai16": 25.0}
 HEADER = "Frame\tPhase"
-
-
-def dataset_phases(dataset: str) -> tuple[str, ...]:
-    if dataset not in DATASET_PHASES:
-        raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_PHASES)}")
-    return DATASET_PHASES[dataset]
 
 
 def read_phase_file(path: str | Path) -> tuple[np.ndarray, list[str]]:

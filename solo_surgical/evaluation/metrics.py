@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.registry import get_dataset
 from ..errors import UserError
 
 PROTOCOLS = ("matlab", "relaxed", "strict")
@@ -55,12 +56,16 @@ _JUMPY_END = (frozenset({-1}), frozenset({1, 2}))
 _JUMPY_BOTH = (frozenset({-1, -2}), frozenset({1, 2}))
 
 
+# The phases those rules name; their ids come from the dataset spec's phase list.
+_RELAXED_PHASES = (("GallbladderDissection", _JUMPY_END), ("GallbladderPackaging", _JUMPY_END),
+                   ("CleaningCoagulation", _JUMPY_BOTH), ("GallbladderRetraction", _JUMPY_BOTH))
+
+
 def transition_rules(dataset: str, n_phases: int) -> dict[int, tuple[frozenset, frozenset]]:
     """``{phase id: (late diffs, early diffs)}`` of the MATLAB script for ``dataset``."""
-    shift = {"cholec80": 0, "m2cai16": 1}[dataset]
+    ids = {name: i + 1 for i, name in enumerate(get_dataset(dataset).phases)}
     rules = {p: _DEFAULT_RULE for p in range(1, n_phases + 1)}
-    rules.update({4 + shift: _JUMPY_END, 5 + shift: _JUMPY_END,
-                  6 + shift: _JUMPY_BOTH, 7 + shift: _JUMPY_BOTH})
+    rules.update({ids[name]: rule for name, rule in _RELAXED_PHASES})
     return rules
 
 

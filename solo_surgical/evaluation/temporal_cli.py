@@ -92,7 +92,7 @@ def run_temporal(args: TemporalConfig) -> Path:
     files, index = load_feature_dir(args.features)
     phases = list(index["phases"])
     spec = get_dataset(index["dataset"], phases=phases)
-    protocol = args.protocol or ("standard" if index["dataset"] == "cholec80" else spec.split_names[0])
+    protocol = spec.resolve_protocol(args.protocol)
     parts = spec.split(protocol, sorted(files))
 
     def seqs(names):
@@ -149,9 +149,10 @@ def run_temporal(args: TemporalConfig) -> Path:
     print(f"trained on {len(train)} videos, selected on {len(val)} (best val frame acc {best:.2f}); "
           f"wrote predictions for {len(written)} test videos to {out / 'predictions'}")
     if written:
-        fps = index.get("fps") or 1
+        # with --gt the predictions are written at the label files' frame indices: the native rate
+        fps = spec.native_fps if args.gt and spec.native_fps else (index.get("fps") or 1)
         print(f"evaluate: solo-surgical evaluate --dataset {index['dataset']} --gt {args.gt or out / 'gt'} "
-              f"--pred {out / 'predictions'} --fps {25 if args.gt else fps:g} --protocol relaxed")
+              f"--pred {out / 'predictions'} --fps {fps:g} --protocol relaxed")
     return out
 
 
@@ -163,7 +164,8 @@ def add_parser(subparsers: Any) -> None:
                     "authors' single-stage causal TCN: 1.0). Model selection on validation videos.")
     p.add_argument("--features", required=True, help="folder written by 'solo-surgical extract'")
     p.add_argument("--out", required=True)
-    p.add_argument("--protocol", help="split scheme (default: 'standard' for cholec80)")
+    p.add_argument("--protocol", help="split scheme (default: the dataset's default_protocol; "
+                                      "cholec80: standard)")
     p.add_argument("--stages", type=RULES["stages"], default=2)
     p.add_argument("--layers", type=RULES["layers"], default=9)
     p.add_argument("--channels", type=RULES["channels"], default=64)
