@@ -9,7 +9,6 @@ Extension points (solo-learn's names): :meth:`learnable_params` and :meth:`momen
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Optional
 
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from ...backbones import build_backbone
 from ...distill import BN_MODES, DistillationHead, freeze
 from ...errors import UserError
+from ...train.schedule import replan, warmup_cosine, warmup_steps
 
 # Checkpoint entry that replaces the frozen teacher's tensors: {"file": path, "sha256": hex digest}.
 TEACHER_REFERENCE_KEY = "solo_surgical_teacher"
@@ -194,6 +194,13 @@ class SSLMethod(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # One EMA update per optimiser step, not per batch: with trainer.accumulate_grad_batches=k
+        # the online weights only move every k-th batch (and on an epoch's last batch), and the
+        # momentum schedule counts optimiser steps (global_step). Whether this batch stepped is read
+        # from global_step itself rather than re-deriving Lightning's accumulation rule.
+        if self.global_step == getattr(self, "_ema_global_step", -1):
+            return
+        self._ema_global_step = self.global_step
         pairs = self.momentum_pairs()
         if pairs:
             m = self.current_momentum()
@@ -215,18 +222,22 @@ class SSLMethod(pl.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
         else:
             raise UserError(f"optimizer.name must be sgd, lars or adamw, got {cfg.name!r}")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(total - 1, int(total * cfg.warmup_epochs / max(1, self.max_epochs)))
-
-        def factor(step: int) -> float:
-            # linear warm-up, then cosine decay to zero (per step, so short runs decay too)
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # linear warm-up, then cosine decay to zero, per optimiser step (so short runs decay too);
+        # Lightning steps it after each optimiser step and saves / restores its state in checkpoints
+        scheduler = warmup_cosine(optimizer, *self._schedule_plan())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_plan(self) -> tuple[int, int]:
+        """(optimiser steps in all, of which warm-up) of this fit."""
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return total, warmup_steps(total, self.optim_cfg.warmup_epochs, self.max_epochs)
+
+    def on_train_start(self) -> None:
+        self._ema_global_step = self.global_step  # no EMA update until the optimiser steps (resume too)
+        # A resume restores the scheduler built for the old run's length; with more epochs its
+        # cosine would end early and rise again. Continue on this fit's plan from the same step.
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler = replan(config.scheduler, config.scheduler.optimizer, *self._schedule_plan())
 
     def hparams_dict(self) -> dict[str, Any]:
         return asdict(self.hp)
