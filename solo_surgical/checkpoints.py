@@ -53,7 +53,7 @@ def load_file(path: str | Path, trusted: bool = True) -> Any:
     ``trusted=False`` is for files fetched from the internet: ``weights_only=True`` admits tensors,
     containers and numbers only, which is all the published files (torchvision, MoCo v2 with its
     optimiser state, DINO) hold; anything else is refused rather than executed. Our own Lightning
-    checkpoints and MoCo's ``.pth.tar`` hold plain Python objects besides tensors and need ``trusted``.
+    checkpoints hold plain Python objects besides tensors and are read ``trusted`` (the default).
     """
     import pickle
 
