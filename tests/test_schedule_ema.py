@@ -136,6 +136,26 @@ def test_resume_restores_the_scheduler_and_follows_a_longer_plan(tmp_path):
     np.testing.assert_allclose(longer.rates, 0.4 * closed_form(3 * BATCHES, 0)[BATCHES:], rtol=1e-7, atol=0)
 
 
+def test_resume_from_a_checkpoint_with_the_old_lambda_schedule(tmp_path):
+    """Checkpoints written before torch's schedulers hold a LambdaLR state: the resume continues on
+    the schedule at the saved step (warm-up > 0, the shape SequentialLR could not load)."""
+    epochs = 2
+    first, second = _RecordLR(), _RecordLR()
+    trainer = _fit(_model("simclr", epochs, warmup_epochs=1), epochs, callbacks=[first, _StopAfterFirstEpoch()])
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    ckpt = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    legacy = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    for _ in range(BATCHES):
+        opt.step()
+        legacy.step()
+    ckpt["lr_schedulers"] = [legacy.state_dict()]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    _fit(_model("simclr", epochs, warmup_epochs=1), epochs, callbacks=[second], ckpt_path=tmp_path / "old.ckpt")
+    np.testing.assert_allclose(first.rates + second.rates, 0.4 * closed_form(epochs * BATCHES, BATCHES),
+                               rtol=1e-7, atol=0)
+
+
 def _targets_zeroed(model) -> list[tuple[torch.Tensor, torch.nn.Parameter]]:
     """Zero every momentum parameter; return (online weights, momentum parameter) pairs."""
     pairs = []

@@ -17,6 +17,7 @@ the scheduler reaches 0 only after the last step. These are the values of the ha
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
@@ -29,29 +30,39 @@ def warmup_steps(total_steps: int, warmup_epochs: float, max_epochs: int) -> int
     return max(0, min(total - 1, int(total * warmup_epochs / max(1, max_epochs))))
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup: int) -> LRScheduler:
+def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup: int) -> SequentialLR:
     """The scheduler described in the module docstring, for ``total_steps`` optimiser steps."""
     total = max(1, int(total_steps))
     if not 0 <= warmup < total:
         raise ValueError(f"warm-up of {warmup} steps needs 0 <= warm-up < total steps ({total})")
+    # LinearLR's factor at step s is start + (1 - start) * s / W = (s + 1) / (W + 1). With W = 0 the
+    # milestone is step 0 and the ramp never runs; it stays so that every checkpoint holds a state of
+    # the same shape whatever optimizer.warmup_epochs was (a resume may change it).
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=max(1, warmup))
     cosine = CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=0.0)
-    if warmup == 0:
-        return cosine
-    # LinearLR's factor at step s is start + (1 - start) * s / W = (s + 1) / (W + 1).
-    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
     return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 
 def schedule_plan(scheduler: LRScheduler) -> tuple[int, int] | None:
     """``(total_steps, warmup)`` a :func:`warmup_cosine` scheduler was built (or restored) for;
     None for any other scheduler."""
-    if isinstance(scheduler, CosineAnnealingLR):
-        return int(scheduler.T_max), 0
     if isinstance(scheduler, SequentialLR):
         parts, milestones = scheduler._schedulers, scheduler._milestones
         if len(parts) == 2 and isinstance(parts[1], CosineAnnealingLR) and len(milestones) == 1:
             return int(milestones[0]) + int(parts[1].T_max), int(milestones[0])
     return None
+
+
+def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A scheduler state read from a checkpoint, in the shape :func:`warmup_cosine`'s scheduler loads.
+
+    Checkpoints written before this module hold a ``LambdaLR`` state, which ``SequentialLR`` cannot
+    load. Its step count is kept and its plan is set to one no fit has (milestone -1), so that
+    :func:`replan` rebuilds the schedule at that step when training starts."""
+    if "_schedulers" in state:
+        return state
+    return {"last_epoch": int(state["last_epoch"]), "_milestones": [-1], "_last_lr": state.get("_last_lr"),
+            "_schedulers": [{}, {}]}
 
 
 def replan(scheduler: LRScheduler, optimizer: Optimizer, total_steps: int, warmup: int) -> LRScheduler:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ...backbones import build_backbone
 from ...distill import BN_MODES, DistillationHead, freeze
 from ...errors import UserError
-from ...train.schedule import replan, warmup_cosine, warmup_steps
+from ...train.schedule import replan, upgrade_state, warmup_cosine, warmup_steps
 
 # Checkpoint entry that replaces the frozen teacher's tensors: {"file": path, "sha256": hex digest}.
 TEACHER_REFERENCE_KEY = "solo_surgical_teacher"
@@ -263,3 +263,5 @@ class SSLMethod(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.complete_checkpoint_state(checkpoint, "the checkpoint being loaded")
+        if "lr_schedulers" in checkpoint:  # a LambdaLR state of earlier versions: rebuilt at its step
+            checkpoint["lr_schedulers"] = [upgrade_state(state) for state in checkpoint["lr_schedulers"]]
