@@ -179,7 +179,9 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
              "backbone": name, "checkpoint": str(checkpoint) if checkpoint else None, "layout": layout,
              "feature_dim": dim, "data": str(data.root), "videos": []}
     for video in videos:
-        native = float(data.manifest["videos"][video].get("native_fps") or 25.0)
+        # the rate the stream declared at prepare time, else the dataset's (a folder of videos has
+        # none: 25, the rate of the surgical datasets)
+        native = float(data.manifest["videos"][video].get("native_fps") or data.spec.native_fps or 25.0)
         records = subsample(data.frames(video), fps, native)
         loader = DataLoader(_RecordImages(records, transform), batch_size=batch_size, num_workers=num_workers)
         chunks = []
@@ -229,7 +231,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--init-seed", type=RULES["init_seed"], default=0, help="seed of the random init (--backbone alone)")
     p.add_argument("--fps", type=RULES["fps"], help="sample this many frames per second (default: all prepared)")
     p.add_argument("--parts", default="train,val,test", help="comma-separated parts (default: all)")
-    p.add_argument("--protocol", help="split scheme of the dataset (default: its first)")
+    p.add_argument("--protocol", help="split scheme of the dataset, for --parts (default: its "
+                                      "default_protocol; cholec80: standard)")
     p.add_argument("--image-size", type=RULES["image_size"], default=224, help=f"16 to {at.MAX_IMAGE_SIZE} (default 224)")
     p.add_argument("--batch-size", type=RULES["batch_size"], default=64)
     p.add_argument("--workers", type=RULES["num_workers"], default=0, help="data loader processes")
