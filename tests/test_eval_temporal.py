@@ -114,6 +114,11 @@ def test_linear_probe_beats_chance(tmp_path, capsys):
     assert list((out / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
     assert [line.split("  ")[0] for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")] == \
         [f"epoch {e}/30" for e in range(1, 31)]
+    # --no-progress: the same probe, silent (the benchmark's cells run it so), the same numbers
+    assert main(["linear", "--data", str(data), "--out", str(tmp_path / "quiet"), "--backbone", "tiny", "--epochs", "30",
+                 "--lr", "0.01", "--image-size", "32", "--batch-size", "32", "--no-progress"]) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert json.loads((tmp_path / "quiet" / "linear.json").read_text())["test_acc"] == result["test_acc"]
     # the probe checkpoint is readable as a backbone by extract
     feats = tmp_path / "feats"
     assert main(["extract", "--data", str(data), "--out", str(feats), "--checkpoint", str(out / "linear.ckpt"),

@@ -92,6 +92,7 @@ class LinearConfig:
     workers: int = 0
     threads: int = 1
     device: str = "auto"
+    progress: bool = True  # the probe's progress (bar on a terminal, else one line per epoch); False: silent
 
     def __post_init__(self) -> None:
         self.data, self.out = str(self.data), str(self.out)
@@ -146,7 +147,8 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
         tx, ty = _features(module, train_set, args.batch_size, args.workers, args.device)
         vx, vy = _features(module, val_set, args.batch_size, args.workers, args.device) if val_set else (None, None)
         head, mean, std, history, best_epoch = train_probe(tx, ty, vx, vy, n_cls, args.epochs, args.lr,
-                                                           args.batch_size, args.weight_decay, args.seed, out=out)
+                                                           args.batch_size, args.weight_decay, args.seed, out=out,
+                                                           progress=bool(args.progress))
 
         def classify(dataset):
             x, y = _features(module, dataset, args.batch_size, args.workers, args.device)
@@ -231,6 +233,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--workers", type=RULES["workers"], default=0)
     p.add_argument("--threads", type=RULES["threads"], default=1)
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar or per-epoch lines (the result lines stay)")
     p.set_defaults(func=_run)
 
 
