@@ -75,3 +75,29 @@ def test_hosts_are_self_contained_and_load_their_methods_by_import_statements():
     assert calls == []
     assert {"solo_surgical.hosts.lightly.methods", "solo_surgical.hosts.lightly.swav"} <= _imports(registry)
     assert not (root / "methods.py").exists() and not (root / "configs").exists()
+
+
+def test_every_command_handler_is_named_cmd_after_its_command():
+    """One naming convention: the command line calls ``cmd_<command>`` handlers (typed stage functions are
+    ``run_<stage>`` or a verb, and handlers only turn parsed options into their arguments)."""
+    import argparse
+
+    from solo_surgical.cli import build_parser
+
+    def handlers(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                names: dict[int, list[str]] = {}  # a command's aliases share its parser
+                for name, sub in action.choices.items():
+                    names.setdefault(id(sub), []).append(name)
+                for sub in {id(s): s for s in action.choices.values()}.values():
+                    yield from handlers(sub, (*path, names[id(sub)]))
+        func = parser.get_default("func")
+        if func is not None and path:
+            yield path, func.__name__
+
+    found = list(handlers(build_parser()))
+    assert len(found) >= 17, found
+    wrong = [(path, name) for path, name in found
+             if name not in {"cmd_" + "_".join([*(p[0] for p in path[:-1]), alias]).replace("-", "_") for alias in path[-1]}]
+    assert wrong == []

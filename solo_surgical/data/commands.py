@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                    help="videos prepared in parallel (processes; default min(4, cores))")
     p.add_argument("--phases", help="folder dataset: comma-separated phase names, in order")
     p.add_argument("--videos", nargs="+", metavar="NAME", help="only these videos (by name, e.g. video01)")
-    p.set_defaults(func=run_prepare)
+    p.set_defaults(func=cmd_prepare)
 
     s = subparsers.add_parser(
         "synth", aliases=["synthesize"], help="generate the synthetic surgical video set (Cholec80 layout)",
@@ -91,7 +91,7 @@ def register(subparsers) -> None:
     s.add_argument("--size", type=_size, default=(384, 216), help="frame size WxH (default 384x216)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="videos rendered in parallel")
-    s.set_defaults(func=run_synth)
+    s.set_defaults(func=cmd_synthesize)
 
     e = subparsers.add_parser(
         "export-solo-learn", help="symlink a prepared folder into solo-learn's custom dataset layouts",
@@ -102,7 +102,7 @@ def register(subparsers) -> None:
                                       "cholec80: standard, whose val videos 41-48 become linear/val)")
     e.add_argument("--budget", help="training videos: a fraction (0.25, 25%%) or a count (10); default all")
     e.add_argument("--seed", type=int, default=0)
-    e.set_defaults(func=run_export)
+    e.set_defaults(func=cmd_export_solo_learn)
 
 
 @dataclass
@@ -145,6 +145,16 @@ class SynthArgs:
         self.out = Path(self.out)
         if not isinstance(self.size, tuple):
             self.size = _size(str(self.size))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """The ``prepare`` command: :func:`run_prepare` on the parsed options."""
+    return run_prepare(args)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    """The ``synth`` command: :func:`run_synth` on the parsed options."""
+    return run_synth(args)
 
 
 def run_prepare(args: argparse.Namespace | PrepareArgs) -> int:
@@ -200,7 +210,7 @@ def run_synth(args: argparse.Namespace | SynthArgs) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def cmd_export_solo_learn(args: argparse.Namespace) -> int:
     from .datasets import parse_budget
     from .sololearn import export_solo_learn
 

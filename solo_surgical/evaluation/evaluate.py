@@ -114,7 +114,7 @@ def format_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: Any) -> int:
+def cmd_evaluate(args: Any) -> int:
     # output paths checked before scoring, so a bad one fails at once and nothing is half-written
     if args.json and Path(args.json).is_dir():
         raise UserError(f"--json {args.json}: is a folder; give a file path")
@@ -156,5 +156,5 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--videos", help="only these video numbers, e.g. 41-80 or 1,3,5-7 (default: all files)")
     p.add_argument("--json", help="write the full report as JSON here")
     p.add_argument("--plots", help="write phase ribbons, per-phase bars and a confusion matrix (PNG) here")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_evaluate)
 

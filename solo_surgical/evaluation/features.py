@@ -209,7 +209,7 @@ def prepared_rate(data: Any) -> float | None:
         return None
 
 
-def run_extract(args: Any) -> int:
+def cmd_extract(args: Any) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
@@ -238,4 +238,4 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--workers", type=RULES["num_workers"], default=0, help="data loader processes")
     p.add_argument("--threads", type=at.threads, default=1, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
-    p.set_defaults(func=run_extract)
+    p.set_defaults(func=cmd_extract)

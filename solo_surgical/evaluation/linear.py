@@ -235,9 +235,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar or per-epoch lines (the result lines stay)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=cmd_linear)
 
 
-def _run(args: Any) -> int:
+def cmd_linear(args: Any) -> int:
     run_linear(LinearConfig.from_args(args))
     return 0

@@ -69,7 +69,7 @@ class TemporalConfig:
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
-def _run(args: Any) -> int:
+def cmd_temporal(args: Any) -> int:
     run_temporal(TemporalConfig.from_args(args))
     return 0
 
@@ -181,4 +181,4 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=RULES["threads"], default=1)
     p.add_argument("--gt", help="ground-truth label files: write predictions at their frame indices")
     p.add_argument("--plots", action="store_true", help="phase ribbons of the test videos")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=cmd_temporal)

@@ -30,19 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = actions.add_parser("list", parents=[common], help="list the sources and whether they are cached")
     p.add_argument("--json", action="store_true", help="print the manifest entries as JSON")
-    p.set_defaults(func=_list)
+    p.set_defaults(func=cmd_zoo_list)
 
     p = actions.add_parser("fetch", parents=[common], help="download NAME into the cache and check its hash")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--file", metavar="F", help="a manually downloaded copy: check its hash and add it to the cache")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds per network operation (default 10)")
-    p.set_defaults(func=_fetch)
+    p.set_defaults(func=cmd_zoo_fetch)
 
     p = actions.add_parser("verify", parents=[common], help="check a file's hash and key layout")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--name", metavar="NAME", help="zoo source to check against (default: found by file name)")
     p.add_argument("--sha256", metavar="HEX", help="also compare with this SHA-256 (or prefix)")
-    p.set_defaults(func=_verify)
+    p.set_defaults(func=cmd_zoo_verify)
 
     p = actions.add_parser("convert", parents=[common],
                            help="write a teacher init: torchvision-layout backbone state dict + FILE.json")
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--file", metavar="F", help="for a NAME: use this manually downloaded copy")
     p.add_argument("--arch", metavar="ARCH", help="backbone architecture, when the keys do not tell")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds per network operation (default 10)")
-    p.set_defaults(func=_convert)
+    p.set_defaults(func=cmd_zoo_convert)
 
     p = subparsers.add_parser("export", help="model card of a run: backbone-only weights, checkpoint, config, logs",
                               description="Write a DINO-style release folder for a pretraining run.")
@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", metavar="FILE", help="checkpoint to export (default: RUN_DIR/checkpoints/last.ckpt)")
     p.add_argument("--arch", metavar="ARCH", help="backbone architecture, when neither keys nor config tell")
     p.add_argument("--force", action="store_true", help="replace an existing export folder")
-    p.set_defaults(func=_export)
+    p.set_defaults(func=cmd_export)
 
 
 def _manifest(args: argparse.Namespace):
@@ -71,7 +71,7 @@ def _manifest(args: argparse.Namespace):
     return load_manifest(args.manifest)
 
 
-def _list(args: argparse.Namespace) -> int:
+def cmd_zoo_list(args: argparse.Namespace) -> int:
     from .fetch import cache_dir
 
     manifest, cache = _manifest(args), cache_dir(args.cache_dir)
@@ -100,7 +100,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fetch(args: argparse.Namespace) -> int:
+def cmd_zoo_fetch(args: argparse.Namespace) -> int:
     from .fetch import fetch
 
     source = _manifest(args).get(args.name)
@@ -123,7 +123,7 @@ def _report_checked(name: str, checked: list[str], sha256: str) -> None:
               f"can be pinned in the manifest after comparing with a trusted copy", file=sys.stderr)
 
 
-def _verify(args: argparse.Namespace) -> int:
+def cmd_zoo_verify(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError, load_file
     from .convert import convert_object
     from .fetch import check_hashes, file_digests
@@ -159,7 +159,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert(args: argparse.Namespace) -> int:
+def cmd_zoo_convert(args: argparse.Namespace) -> int:
     from ..checkpoints import load_file
     from .convert import convert_object, load_timm, source_meta, write_teacher_init
     from .fetch import check_hashes, fetch, file_digests
@@ -198,7 +198,7 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from .card import export_run
 
     out = export_run(args.run_dir, out=args.out, name=args.name, ckpt=args.ckpt, arch=args.arch, force=args.force)
