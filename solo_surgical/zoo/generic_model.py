@@ -76,7 +76,7 @@ def heldout_scores(model: nn.Module, size: int, seed: int, count: int = 512) -> 
     return scores
 
 
-def train_generic_model(out_dir: str | Path, arch: str = "tiny", scenes: int = 20000, epochs: int = 10,
+def train_generic_model(out_dir: str | Path, arch: str = "tiny", scenes: int = 20000, epochs: int = 30,
                         batch: int = 64, size: int = 64, seed: int = 0, lr: float = 3e-3,
                         log: Callable[[str], None] = print) -> Path:
     """Train ``arch`` to name what generic scenes hold; save a torchvision-layout state dict; return its path.
@@ -139,7 +139,7 @@ def cache_root() -> Path:
     return Path(base) / "solo-surgical"
 
 
-def cached_generic_model(arch: str = "tiny", scenes: int = 20000, epochs: int = 10, image_size: int = 64,
+def cached_generic_model(arch: str = "tiny", scenes: int = 20000, epochs: int = 30, image_size: int = 64,
                          seed: int = 0, batch: int = 64, lr: float = 3e-3, cache_dir: str | Path | None = None,
                          log: Callable[[str], None] = print) -> Path:
     """The generic public model for these settings, trained once per user and reused.
