@@ -109,12 +109,12 @@ def test_random_init_is_seeded_and_the_same_for_linear_and_extract():
     # --init-seed, and another seed must give another network (so the check can fail)
     import torch
 
-    from solo_surgical.evaluation.features import load_backbone
+    from solo_surgical.evaluation.features import evaluation_backbone
 
     before = torch.random.get_rng_state()
-    a = load_backbone(None, "tiny", 3)[0].state_dict()
-    b = load_backbone(None, "tiny", 3)[0].state_dict()
-    c = load_backbone(None, "tiny", 4)[0].state_dict()
+    a = evaluation_backbone(None, "tiny", 3)[0].state_dict()
+    b = evaluation_backbone(None, "tiny", 3)[0].state_dict()
+    c = evaluation_backbone(None, "tiny", 4)[0].state_dict()
     assert torch.equal(before, torch.random.get_rng_state())  # the global generator is left alone
     weights = [k for k in a if k.endswith("weight") and a[k].dim() == 4]  # conv kernels (BatchNorm starts at 1)
     assert len(weights) == 4 and all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,7 @@ import hashlib
 import torch
 
 from solo_surgical.cli import main
-from solo_surgical.evaluation.features import load_backbone
+from solo_surgical.evaluation.features import evaluation_backbone
 
 from conftest import TINY, make_teacher_checkpoint
 
@@ -39,7 +39,7 @@ def test_checkpoint_holds_a_reference_and_resumes_with_the_same_teacher(capsys, 
     assert int(ckpt["state_dict"]["distill.memory.filled"]) == 16
     assert ckpt["state_dict"]["distill.memory.teacher_keys"].abs().sum() > 0
     # evaluation reads the student's backbone as before
-    module, _, name, _ = load_backbone(str(last), None)
+    module, _, name, _ = evaluation_backbone(str(last), None)
     assert name == "tiny"
     assert all(torch.equal(v, ckpt["state_dict"][f"backbone.{k}"]) for k, v in module.state_dict().items())
     # a resume restores the teacher from its file and trains on: teacher unchanged, steps continue

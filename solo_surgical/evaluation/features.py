@@ -69,10 +69,10 @@ def load_feature_dir(folder: str | Path) -> tuple[dict[str, FeatureFile], dict]:
     return files, index
 
 
-def load_backbone(checkpoint: str | None, backbone: str | None, init_seed: int = 0):
-    """``(module, feature_dim, name, layout)`` for ``linear`` / ``extract``: the one reader
+def evaluation_backbone(checkpoint: str | None, backbone: str | None, init_seed: int = 0):
+    """``(module, feature_dim, name, layout)`` for ``linear`` / ``extract`` (their option semantics over the one reader
     (:func:`solo_surgical.checkpoints.load_backbone`, any layout; ``--backbone`` wins over the
-    file) or, without a checkpoint, ``--backbone`` randomly initialised from ``init_seed``."""
+    file) or, without a checkpoint, ``--backbone`` randomly initialised from ``init_seed``)."""
     from ..checkpoints import load_backbone as read
 
     if checkpoint is None and backbone is None:
@@ -160,7 +160,7 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
 
     device = resolve_device(device)  # "auto" -> cuda when available, else cpu
     data = PreparedData(data_dir)
-    module, dim, name, layout = load_backbone(checkpoint, backbone, init_seed)
+    module, dim, name, layout = evaluation_backbone(checkpoint, backbone, init_seed)
     module.eval().to(device)
     videos = sorted({v for part in parts for v in data.part(part, protocol)})
     if not videos:

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 from .. import argtypes as at
 from ..atomic import torch_save, write_json
 from ..errors import UserError
-from .features import eval_transform, load_backbone
+from .features import eval_transform, evaluation_backbone
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
@@ -129,7 +129,7 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
     args.device = resolve_device(args.device)  # "auto" -> cuda when available, else cpu
     data = PreparedData(args.data)
     protocol = data.spec.resolve_protocol(args.protocol)  # None: the dataset spec's default_protocol
-    module, dim, name, layout = load_backbone(args.checkpoint, args.backbone, args.init_seed)
+    module, dim, name, layout = evaluation_backbone(args.checkpoint, args.backbone, args.init_seed)
     module.to(args.device)
     n_cls = len(data.phases)
     test_tf = eval_transform(args.image_size)

@@ -91,7 +91,6 @@ class SSLMethod(pl.LightningModule):
             module = backbone_module
         self.backbone = module
         self.backbone_frozen = freeze_backbone is not None
-        self.backbone_bn = freeze_backbone
         if freeze_backbone is not None:
             if freeze_backbone not in BN_MODES:
                 raise UserError(f"teacher.bn must be 'frozen' or 'recompute', got {freeze_backbone!r}")
