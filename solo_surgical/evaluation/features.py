@@ -70,9 +70,9 @@ def load_feature_dir(folder: str | Path) -> tuple[dict[str, FeatureFile], dict]:
 
 
 def evaluation_backbone(checkpoint: str | None, backbone: str | None, init_seed: int = 0):
-    """``(module, feature_dim, name, layout)`` for ``linear`` / ``extract`` (their option semantics over the one reader
-    (:func:`solo_surgical.checkpoints.load_backbone`, any layout; ``--backbone`` wins over the
-    file) or, without a checkpoint, ``--backbone`` randomly initialised from ``init_seed``)."""
+    """``(module, feature_dim, name, layout)`` for ``linear`` / ``extract``: their options over the one
+    reader (:func:`solo_surgical.checkpoints.load_backbone`, any layout; ``--backbone`` wins over the
+    file) or, without a checkpoint, ``--backbone`` randomly initialised from ``init_seed``."""
     from ..checkpoints import load_backbone as read
 
     if checkpoint is None and backbone is None:
