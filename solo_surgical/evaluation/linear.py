@@ -11,7 +11,6 @@ without validation videos keeps the last epoch and says so.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,6 +27,16 @@ def _loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0
 
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen)
+
+
+def _epoch_loader(dataset, batch_size: int, workers: int, seed: int):
+    """One epoch's training batches in an order fixed by ``seed``: a precomputed permutation, so the order
+    is the same however many times the loader is iterated (Lightning iterates a reloaded loader twice)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
 
 
 def _features(module, dataset, batch_size: int, workers: int, device: str):
@@ -160,26 +169,15 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
     else:
         head = nn.Linear(dim, n_cls).to(args.device)
         model = nn.Sequential(module, head)
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-        best, best_state, best_epoch, history = -1.0, None, args.epochs, []
-        for epoch in range(1, args.epochs + 1):
-            model.train()
-            for images, phases in _loader(train_set, args.batch_size, True, args.workers, args.seed + epoch):
-                loss = nn.functional.cross_entropy(model(images.to(args.device)), phases.to(args.device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            row: dict = {"epoch": epoch, "loss": float(loss.detach())}
-            if val_set is not None:
-                model.eval()
-                x, y = _features(model, val_set, args.batch_size, args.workers, args.device)
-                row["val_acc"] = _accuracy(x, y)
-                if row["val_acc"] > best:
-                    best, best_state, best_epoch = row["val_acc"], copy.deepcopy(model.state_dict()), epoch
-            history.append(row)
-            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        from .finetune import train_finetune  # Lightning is imported only when fine-tuning runs
+
+        def score(net):
+            return _accuracy(*_features(net, val_set, args.batch_size, args.workers, args.device))
+
+        history, best_epoch = train_finetune(
+            model, lambda epoch: _epoch_loader(train_set, args.batch_size, args.workers, args.seed + epoch),
+            score if val_set is not None else None, args.epochs, args.lr, args.weight_decay, args.device,
+            out=out, progress=bool(args.progress))
 
         def classify(dataset):
             x, y = _features(model, dataset, args.batch_size, args.workers, args.device)
