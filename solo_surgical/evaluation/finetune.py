@@ -14,7 +14,6 @@ order each time it is iterated: Lightning iterates a reloaded loader twice.
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -23,9 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..train.loggers import build_loggers
-from ..train.progress import EpochLines, progress_mode
-from .probe import _quiet
+from .probe import fit_quietly
 
 
 class FineTune(pl.LightningModule):
@@ -88,18 +85,8 @@ def train_finetune(model: nn.Module, loader: Callable[[int], DataLoader],
     """
     task = FineTune(model, loader, score, lr, weight_decay)
     accelerator, devices = ("cpu", 1) if device == "cpu" else ("cuda", [int(device.partition(":")[2] or 0)])
-    show_bar, epoch_lines = progress_mode(progress, progress)
-    _quiet()
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, max_epochs=epochs,
-        logger=build_loggers(loggers, Path(out)) if out else False,
-        callbacks=[EpochLines(also=("val/",))] if epoch_lines else [], enable_progress_bar=show_bar,
-        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1, inference_mode=False, log_every_n_steps=1,
-        default_root_dir=str(out) if out else None)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        trainer.fit(task)
+    fit_quietly(task, epochs, out, loggers, progress, accelerator=accelerator, devices=devices,
+                reload_dataloaders_every_n_epochs=1, log_every_n_steps=1)
     if task.best_state is not None:
         model.load_state_dict(task.best_state)
     return task.history, (task.best_epoch if score is not None else epochs)

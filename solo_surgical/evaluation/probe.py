@@ -126,6 +126,29 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def fit_quietly(task: pl.LightningModule, epochs: int, out: str | Path | None, loggers: tuple[str, ...],
+                progress: bool, *loaders: Optional[DataLoader], accelerator: str = "cpu", devices: Any = 1,
+                **options: Any) -> None:
+    """Fit a small evaluation ``task`` the way the probe and fine-tuning share: loggers under ``out``
+    (None: none), Lightning's bar on a terminal or one line per epoch (``progress``), no checkpoint
+    files, no model summary, no sanity validation, no inference tensors in kept states; ``options``
+    go to the Trainer; ``loaders``: train (and validation) loaders, none when the task has hooks."""
+    show_bar, epoch_lines = progress_mode(progress, progress)
+    _quiet()
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, max_epochs=epochs,
+        logger=build_loggers(loggers, Path(out)) if out else False,
+        callbacks=[EpochLines(also=("val/",))] if epoch_lines else [], enable_progress_bar=show_bar,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        inference_mode=False, default_root_dir=str(out) if out else None, **options)
+    with warnings.catch_warnings():
+        # in-memory tensors or cached frames need no worker processes
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        warnings.filterwarnings("ignore", message=r".*validation_step.* but have no `val_dataloader`.*")
+        trainer.fit(task, *loaders)
+
+
 def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: Optional[torch.Tensor],
                 val_y: Optional[torch.Tensor], num_classes: int, epochs: int, lr: float, batch_size: int,
                 weight_decay: float = 0.0, seed: int = 0, out: str | Path | None = None,
@@ -148,21 +171,8 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: Optional[to
     # the whole validation set as one batch (a list of one index tensor as the sampler)
     val_loader = None if val is None else DataLoader(_Rows(*val), sampler=[torch.arange(len(val[0]))],
                                                      batch_size=None)
-    show_bar, epoch_lines = progress_mode(progress, progress)
-    _quiet()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, logger=build_loggers(loggers, Path(out)) if out else False,
-        callbacks=[EpochLines(also=("val/",))] if epoch_lines else [], enable_progress_bar=show_bar,
-        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        # one validation "batch" (the whole set) per epoch; no inference tensors in the kept state
-        inference_mode=False, log_every_n_steps=max(1, min(50, len(train_loader))),
-        default_root_dir=str(out) if out else None)
-    with warnings.catch_warnings():
-        # a DataLoader of in-memory tensors needs no worker processes
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        warnings.filterwarnings("ignore", message=r".*validation_step.* but have no `val_dataloader`.*")
-        trainer.fit(probe, train_loader, val_loader)
+    fit_quietly(probe, epochs, out, loggers, progress, train_loader, val_loader,
+                log_every_n_steps=max(1, min(50, len(train_loader))))
     head = probe.head
     if probe.best_state is not None:
         head.load_state_dict(probe.best_state)
