@@ -221,6 +221,19 @@ def test_benchmark_pretrain_block_sets_transform_arguments():
         compose("pretrain", as_overrides(OmegaConf.create({"data": {"min_scal": 0.5}})))
 
 
+def test_a_missing_key_error_says_how_to_add_only_where_adding_is_checked(tmp_path):
+    """benchmark.yaml's pretrain block lists only what it changes: pretrain.distill.weight is a real pretrain
+    key that must be added with +, and the error says so; a misspelt benchmark key gets no such hint."""
+    def error(*overrides):
+        with pytest.raises(UserError) as info:
+            _bench_cfg(tmp_path / "b", *overrides)
+        return str(info.value)
+
+    assert error("pretrain.distill.weight=5").endswith("no such key (to add it: +pretrain.distill.weight=5)")
+    assert error("linear.epochz=5").endswith("'linear.epochz': no such key")
+    assert _bench_cfg(tmp_path / "b", "+pretrain.distill.weight=5").pretrain.distill.weight == 5
+
+
 def _bench_cfg(out, *overrides):
     from solo_surgical.benchmark.plan import compose_benchmark
 

@@ -96,7 +96,10 @@ def compose_benchmark(overrides: Sequence[str] = ()) -> DictConfig:
     """``benchmark.yaml`` with Hydra ``key=value`` overrides (the stages' own configs are the lightly host's)."""
     from ..hosts.lightly.config import compose
 
-    return compose("benchmark", overrides, config_module=CONFIG_MODULE)
+    # pretrain / method_overrides / teacher.overrides list only what the benchmark changes; the pretrain
+    # config they are passed to refuses unknown keys, so adding one (+pretrain.distill.weight=5) is safe
+    return compose("benchmark", overrides, config_module=CONFIG_MODULE,
+                   addable=("pretrain.", "method_overrides.", "teacher.overrides."))
 
 
 # Config nodes that are open dictionaries (empty by default): their keys are added, not overridden.

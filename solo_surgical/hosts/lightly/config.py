@@ -31,12 +31,14 @@ def _store_methods() -> None:
 
 
 def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None,
-            config_module: str = CONFIG_MODULE) -> DictConfig:
+            config_module: str = CONFIG_MODULE, addable: Sequence[str] = ()) -> DictConfig:
     """Compose ``<config_module>/<config_name>.yaml`` (default: this host's ``configs/``) with Hydra overrides.
 
     With ``config_dir`` (``--config-path``), ``<config_dir>/<config_name>.yaml`` is the primary config
     and the packaged configs stay on the search path, so a user's file can start from ours
     (``defaults: [pretrain, _self_]``) the way solo-learn's ``scripts/pretrain/<dataset>/*.yaml`` do.
+    ``addable``: key prefixes whose missing keys the error tells how to add with ``+`` (blocks that are
+    passed on to another config, which checks them); any other missing key is refused as "no such key".
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir, initialize_config_module
@@ -60,7 +62,13 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | P
         with context:
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        first = lines[0]
+        if first.startswith("Could not override") and len(lines) > 1 and lines[1].startswith("To append"):
+            first = f"{first.rstrip('.')}: no such key"
+            key = first.split("'")[1] if first.count("'") >= 2 else ""
+            if key.startswith(tuple(addable)):  # a pass-through block lists only what it changes
+                first += f" ({lines[1].replace('To append to your config use', 'to add it:')})"
         if "method" in first and "Could not find" in first:
             first += f" (registered methods: {', '.join(method_names(include_aliases=True))})"
         raise UserError(f"config {config_name}: {first}") from None
