@@ -311,7 +311,7 @@ class Benchmark:
         start = time.time()
         linear = run_linear(LinearConfig(
             data=str(self.data_dir), out=str(work / "linear"), checkpoint=str(ckpt), backbone=backbone,
-            protocol=protocol, budget=cell.budget, epochs=int(cfg.linear.epochs),
+            protocol=protocol, budget=cell.budget, epochs=int(cfg.linear.epochs), solver=str(cfg.linear.solver),
             image_size=int(cfg.linear.image_size), seed=cell.seed, progress=False))  # seconds; the cell line says it
         times["linear"] = time.time() - start
         start = time.time()
@@ -376,7 +376,7 @@ class Benchmark:
                 raise UserError(f"benchmark: pretrain ({method}): {exc}") from None
         t = cfg.temporal
         LinearConfig(data="-", out=str(self.out / "cells" / ".check"), epochs=int(cfg.linear.epochs),
-                     image_size=int(cfg.linear.image_size))
+                     image_size=int(cfg.linear.image_size), solver=str(cfg.linear.solver))
         TemporalConfig(features="-", out=str(self.out / "cells" / ".check"), epochs=int(t.epochs),
                        stages=int(t.stages), layers=int(t.layers), channels=int(t.channels))
 
