@@ -98,3 +98,16 @@ def test_every_stage_uses_the_spec_default_protocol(prepared, tmp_path, monkeypa
                  "--channels", "4"]) == 0
     assert torch.load(tcn / "temporal.pt", weights_only=False)["protocol"] == default
     assert sorted(p.name for p in (tcn / "predictions").iterdir()) == [f"{v}_pred.txt" for v in expected["test"]]
+
+
+def test_one_fallback_frame_rate_for_videos_that_declare_none():
+    """prepare's label overrun slack, the decode tolerance and extract's subsampling share one rate:
+    the datasets' own (25 fps), named once."""
+    from fractions import Fraction
+
+    from solo_surgical.data.registry import get_dataset
+    from solo_surgical.data.video import FALLBACK_FPS, VideoInfo, duration_tolerance
+
+    assert FALLBACK_FPS == get_dataset("cholec80").native_fps == get_dataset("m2cai16").native_fps
+    # a stream without a rate: 3 periods of the fallback rate (duration short enough not to dominate)
+    assert duration_tolerance(VideoInfo(64, 48, None, 0, Fraction(1))) == Fraction(3, FALLBACK_FPS)

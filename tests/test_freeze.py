@@ -148,3 +148,11 @@ def test_frozen_part_stays_pinned_through_lightning_epochs(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, _stats(module.net.backbone[1])))
     assert all(torch.equal(w, p) for w, p in zip(weights, module.net.backbone.parameters()))
     assert not torch.equal(head, module.net.head.weight)  # the rest did train
+
+
+def test_the_config_checker_accepts_exactly_the_bn_modes_freeze_knows():
+    """validate.py stays torch-free, so it names the teacher BN modes itself; they must be freeze's."""
+    from solo_surgical.distill.freeze import BN_MODES
+    from solo_surgical.hosts.lightly.validate import TEACHER_BN
+
+    assert tuple(TEACHER_BN) == tuple(BN_MODES)

@@ -38,7 +38,7 @@ from ..atomic import write_json
 from ..errors import UserError
 from .annotations import StepLabels, read_phases, read_tools
 from .registry import DatasetSpec, VideoSource
-from .video import VideoError, content_box, info, open_video, sample_frames, select_frames
+from .video import FALLBACK_FPS, VideoError, content_box, info, open_video, sample_frames, select_frames
 from .workers import FolderLock, WorkerPool
 
 MANIFEST = "manifest.json"
@@ -91,7 +91,7 @@ def _overrun(labels: StepLabels | None, file: Path | None, src: VideoSource, dec
     they belong to another video or the video was cut, and either way they would be misaligned."""
     if labels is None:
         return
-    slack = round(native_fps) if native_fps else 25
+    slack = round(native_fps) if native_fps else FALLBACK_FPS
     if labels.last_frame > decoded - 1 + slack:
         raise UserError(f"{file}: labels run to source frame {labels.last_frame} but {src.video} has only "
                         f"{decoded} frames (0-{decoded - 1}); wrong annotation file or truncated video?")

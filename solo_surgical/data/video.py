@@ -38,6 +38,9 @@ import numpy as np
 # even dark tissue at the edge of an endoscope's view stays well above it.
 CONTENT_THRESHOLD = 28
 CROP_SAMPLES = 12
+# The frame rate assumed for a video that declares none and belongs to no dataset that states one:
+# 25 fps, the rate of Cholec80 and M2CAI16. One value for every stage that needs a rate.
+FALLBACK_FPS = 25
 
 
 class VideoError(Exception):
@@ -107,7 +110,7 @@ def info(stream, container=None) -> VideoInfo:
 def duration_tolerance(meta: VideoInfo) -> Fraction:
     """How far the decoded frames may fall short of the declared duration: 3 native frames (the
     last frame's own length and timestamp rounding) or 0.5 % of the duration, the larger."""
-    period = 1 / meta.fps if meta.fps else Fraction(1, 25)
+    period = 1 / meta.fps if meta.fps else Fraction(1, FALLBACK_FPS)
     return max(3 * period, (meta.duration or 0) / 200)
 
 

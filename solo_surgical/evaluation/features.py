@@ -155,6 +155,7 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
     from torch.utils.data import DataLoader
 
     from ..data.datasets import PreparedData
+    from ..data.video import FALLBACK_FPS
 
     from ..train.devices import resolve_device
 
@@ -179,9 +180,8 @@ def extract(data_dir: str | Path, out: str | Path, checkpoint: str | None, backb
              "backbone": name, "checkpoint": str(checkpoint) if checkpoint else None, "layout": layout,
              "feature_dim": dim, "data": str(data.root), "videos": []}
     for video in videos:
-        # the rate the stream declared at prepare time, else the dataset's (a folder of videos has
-        # none: 25, the rate of the surgical datasets)
-        native = float(data.manifest["videos"][video].get("native_fps") or data.spec.native_fps or 25.0)
+        # the rate the stream declared at prepare time, else the dataset's (a folder of videos has none)
+        native = float(data.manifest["videos"][video].get("native_fps") or data.spec.native_fps or FALLBACK_FPS)
         records = subsample(data.frames(video), fps, native)
         loader = DataLoader(_RecordImages(records, transform), batch_size=batch_size, num_workers=num_workers)
         chunks = []
