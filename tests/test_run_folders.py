@@ -90,6 +90,9 @@ def test_launches_resume_and_overwrite(tmp_path, image_dir, capsys):
     head1, first = _launch(run / "launches" / "001-config.yaml")
     head2, second = _launch(run / "launches" / "002-config.yaml")
     assert "a new run" in head1 and first["trainer"]["max_epochs"] == 1  # the first launch's record is kept
+    # what bit-for-bit reproduction also depends on: torch's version and its thread count
+    second_line = (run / "launches" / "001-config.yaml").read_text().splitlines()[1]
+    assert second_line == f"# torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
     assert "resumed from" in head2 and "epoch-000.ckpt" in head2 and second["trainer"]["max_epochs"] == 2
     assert yaml.safe_load((run / "config.yaml").read_text()) == second  # config.yaml: the latest launch
 
