@@ -129,6 +129,11 @@ class LinearConfig:
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
+def _epoch_selection(best_epoch: int, has_val: bool) -> str:
+    return f"best validation accuracy (epoch {best_epoch})" if has_val \
+        else "last epoch (this split has no validation videos)"
+
+
 def run_linear(args: LinearConfig) -> dict[str, Any]:
     """Train the probe (or fine-tune) and score it; writes ``OUT/linear.json``, ``OUT/linear.ckpt``,
     per-video predictions and (probe) the training logs; returns what ``linear.json`` holds (``val_acc``,
@@ -161,36 +166,33 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
     test_set = LabeledFrames(data, "test", protocol, transform=test_tf) if data.part("test", protocol) else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.finetune and args.solver == "lbfgs":
-        from .logistic import DEFAULT_GRID, NO_VALIDATION_L2, train_logistic_probe
-
+    if not args.finetune:
         tx, ty = _features(module, train_set, args.batch_size, args.workers, args.device)
         vx, vy = _features(module, val_set, args.batch_size, args.workers, args.device) if val_set else (None, None)
-        probe = train_logistic_probe(tx, ty, vx, vy, n_cls, DEFAULT_GRID if val_set else (NO_VALIDATION_L2,))
-        history, best_epoch = probe.history, None
-        choice = f"lambda {probe.l2:g} of {DEFAULT_GRID[0]:g}..{DEFAULT_GRID[-1]:g}"
+        if args.solver == "lbfgs":
+            from .logistic import DEFAULT_GRID, NO_VALIDATION_L2, train_logistic_probe
+
+            probe = train_logistic_probe(tx, ty, vx, vy, n_cls, DEFAULT_GRID if val_set else (NO_VALIDATION_L2,))
+            head, mean, std, history = probe.head, probe.mean, probe.std, probe.history
+            grid = f"{DEFAULT_GRID[0]:g}..{DEFAULT_GRID[-1]:g}"
+            selection = f"best validation accuracy (lambda {probe.l2:g} of {grid})" if val_set is not None \
+                else f"lambda {NO_VALIDATION_L2:g} (this split has no validation videos to choose it)"
+        else:
+            head, mean, std, history, best_epoch = train_probe(tx, ty, vx, vy, n_cls, args.epochs, args.lr,
+                                                               args.batch_size, args.weight_decay, args.seed,
+                                                               out=out, progress=bool(args.progress))
+            selection = _epoch_selection(best_epoch, val_set is not None)
 
         def classify(dataset):
-            x, y = _features(module, dataset, args.batch_size, args.workers, args.device)
-            return probe.logits(x).argmax(1), y
-        weight = (probe.head.weight.detach() / probe.std[None, :])
-        state = {**{f"backbone.{k}": v for k, v in module.state_dict().items()},
-                 "head.weight": weight.float(),
-                 "head.bias": (probe.head.bias.detach() - (weight * probe.mean[None, :]).sum(1)).float()}
-    elif not args.finetune:
-        tx, ty = _features(module, train_set, args.batch_size, args.workers, args.device)
-        vx, vy = _features(module, val_set, args.batch_size, args.workers, args.device) if val_set else (None, None)
-        head, mean, std, history, best_epoch = train_probe(tx, ty, vx, vy, n_cls, args.epochs, args.lr,
-                                                           args.batch_size, args.weight_decay, args.seed, out=out,
-                                                           progress=bool(args.progress))
-
-        def classify(dataset):
-            x, y = _features(module, dataset, args.batch_size, args.workers, args.device)
+            # the head acts on standardised features, in its own precision (float64 for lbfgs)
+            x, y = (vx, vy) if dataset is val_set else _features(module, dataset, args.batch_size, args.workers,
+                                                                  args.device)
             with torch.no_grad():
-                return head((x - mean) / std).argmax(1), y
+                return head(((x - mean) / std).to(head.weight.dtype)).argmax(1), y
+        # saved as one linear map on raw features, float32 like every checkpoint
         state = {**{f"backbone.{k}": v for k, v in module.state_dict().items()},
-                 "head.weight": head.weight.detach() / std[None, :],
-                 "head.bias": head.bias.detach() - (head.weight.detach() * (mean / std)[None, :]).sum(1)}
+                 "head.weight": (head.weight.detach() / std[None, :]).float(),
+                 "head.bias": (head.bias.detach() - (head.weight.detach() * (mean / std)[None, :]).sum(1)).float()}
     else:
         head = nn.Linear(dim, n_cls).to(args.device)
         model = nn.Sequential(module, head)
@@ -203,18 +205,13 @@ def run_linear(args: LinearConfig) -> dict[str, Any]:
             model, lambda epoch: _epoch_loader(train_set, args.batch_size, args.workers, args.seed + epoch),
             score if val_set is not None else None, args.epochs, args.lr, args.weight_decay, args.device,
             out=out, progress=bool(args.progress))
+        selection = _epoch_selection(best_epoch, val_set is not None)
 
         def classify(dataset):
             x, y = _features(model, dataset, args.batch_size, args.workers, args.device)
             return x.argmax(1), y
         state = {**{f"backbone.{k}": v for k, v in module.state_dict().items()},
                  **{f"head.{k}": v for k, v in head.state_dict().items()}}
-    if best_epoch is None:  # lbfgs
-        selection = f"best validation accuracy ({choice})" if val_set is not None \
-            else f"lambda {NO_VALIDATION_L2:g} (this split has no validation videos to choose it)"
-    else:
-        selection = f"best validation accuracy (epoch {best_epoch})" if val_set is not None \
-            else "last epoch (this split has no validation videos)"
     result: dict = {"mode": "finetune" if args.finetune else "linear", "backbone": name, "layout": layout,
                     "checkpoint": args.checkpoint, "protocol": protocol, "phases": data.phases,
                     **({"solver": args.solver} if not args.finetune else {}),

@@ -54,15 +54,18 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
                                   tolerance_grad=tolerance, tolerance_change=tolerance * 1e-3,
                                   line_search_fn="strong_wolfe")
 
+    def penalised_loss() -> torch.Tensor:
+        return nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * (weight * weight).sum()
+
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * (weight * weight).sum()
+        loss = penalised_loss()
         loss.backward()
         return loss
 
     optimizer.step(objective)
     with torch.no_grad():
-        final = float(nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * (weight * weight).sum())
+        final = float(penalised_loss())
     evaluations = optimizer.state[weight]["func_evals"]
     return weight.detach(), bias.detach(), final, int(evaluations)
 
