@@ -113,7 +113,19 @@ def _head_payload(head: nn.Module) -> dict[str, Any]:
 
 def load_teacher(path: str | Path, input_mean: Sequence[float] = IMAGENET_MEAN,
                  input_std: Sequence[float] = IMAGENET_STD) -> FrozenTeacher:
-    """Build a :class:`FrozenTeacher` from a teacher checkpoint, checking every key."""
+    """Build a :class:`FrozenTeacher` from a teacher checkpoint, checking every key.
+
+    Leaves the global (CPU) random state as it found it: building the modules draws random
+    initial weights that the checkpoint then overwrites, and those draws would shift every
+    later augmentation. With the stream untouched, ``distill_X`` and ``X`` at one seed start
+    from the same student and see the same views in the same order, so their paired
+    difference measures the distillation term, not a reshuffle (tests/test_paired_runs.py).
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _load_teacher(path, input_mean, input_std)
+
+
+def _load_teacher(path: str | Path, input_mean: Sequence[float], input_std: Sequence[float]) -> FrozenTeacher:
     obj = load_file(path)
     if not isinstance(obj, dict) or obj.get("format") != TEACHER_FORMAT:
         raise CheckpointError(
