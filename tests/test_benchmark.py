@@ -157,6 +157,47 @@ def test_interrupted_cell_restarts_and_broken_cell_is_reported(demo, tmp_path, c
     assert list(doc["failures"]) == ["mocov2plus-distill-b1.0-s0"] and len(doc["cells"]) == 1
 
 
+def _numbers(path) -> dict[str, dict[str, str]]:
+    """results.csv rows by cell, without timings and the settings fingerprint (data.prepared differs)."""
+    rows = {r["cell"]: r for r in csv.DictReader(open(path))}
+    return {cell: {k: v for k, v in r.items() if not k.startswith("seconds_") and k != "fingerprint"}
+            for cell, r in rows.items()}
+
+
+@pytest.mark.slow
+def test_cells_side_by_side_give_the_numbers_of_one_at_a_time(demo, cache, tmp_path, capsys, monkeypatch):
+    out, _ = demo
+    monkeypatch.setenv("SOLO_SURGICAL_CACHE", str(cache))
+    import torch
+
+    assert torch.get_num_threads() == 1  # the demo ran under OMP_NUM_THREADS=1: cells at one thread each
+    bench = tmp_path / "jobs2"
+    assert main(["demo", "--quick", "--out", str(bench), f"data.prepared={out / 'data'}", "jobs=2"]) == 0
+    log = capsys.readouterr().out
+    assert "5 cells on 2 worker processes, 1 torch thread(s) each" in log
+    ours, theirs = _numbers(bench / "results.csv"), _numbers(out / "results.csv")
+    assert sorted(ours) == DEMO_CELLS
+    assert ours == theirs  # every metric of every cell, the teacher's distill cell included
+    assert sorted(p.stem for p in (bench / "logs").glob("*.log")) == sorted(DEMO_CELLS + ["teacher-generic-b1.0"])
+    assert "epoch 1/1" in (bench / "logs" / "mocov2plus-plain-b1.0-s0.log").read_text()  # a worker's own output
+    assert json.loads((bench / "cells" / DEMO_CELLS[2] / "result.json").read_text())["threads"] == 1
+    # a public model that cannot be loaded fails its cells, not the run; the others finish
+    missing = tmp_path / "no-such-teacher.pth"
+    code = main(["benchmark", *QUICK, f"out={tmp_path / 'broken'}", f"data.prepared={out / 'data'}", "jobs=2",
+                 "methods=[mocov2plus]", "variants=[plain,distill]", f"teacher.sources=[{missing}]"])
+    failed = [line for line in capsys.readouterr().out.splitlines() if "FAILED" in line]
+    assert code == 1 and len(failed) == 1 and "mocov2plus-distill-b1.0-s0" in failed[0] and str(missing) in failed[0]
+    assert (tmp_path / "broken" / "cells" / "mocov2plus-plain-b1.0-s0" / "result.json").is_file()
+
+
+def test_jobs_must_be_a_positive_whole_number(tmp_path, capsys):
+    for bad in ("0", "1.5", "two"):
+        assert main(["benchmark", f"out={tmp_path / 'b'}", *QUICK, f"jobs={bad}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "jobs" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
 # --- planning and settings (no training) --------------------------------------------------------
 def _plan_cfg(**over):
     base = {"teacher": {"sources": ["generic"]}, "budgets": [1.0, 0.5], "methods": ["simclr", "mocov2plus"],

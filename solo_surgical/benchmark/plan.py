@@ -26,6 +26,7 @@ REFERENCE = "-"  # the method of the frozen cells, which no SSL method produces
 # Not part of any fingerprint, since it does not change a single weight.
 KEEP_LAST_ONLY = ("run.checkpoint_every_n_epochs=0",)
 PLAN_KEYS = ("methods", "variants", "budgets", "seeds", "public_init_methods")
+RUN_KEYS = ("out", "jobs")  # how and where a benchmark runs, not what it computes
 
 
 @dataclass(frozen=True)

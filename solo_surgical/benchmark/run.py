@@ -55,7 +55,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..atomic import torch_save, write_json, write_text
 from ..errors import UserError
 
-from .plan import (FROZEN, KEEP_LAST_ONLY, PLAN_KEYS, REFERENCE, TRAINED, VARIANTS, Cell,  # noqa: F401
+from .plan import (FROZEN, KEEP_LAST_ONLY, PLAN_KEYS, REFERENCE, RUN_KEYS, TRAINED, VARIANTS, Cell,  # noqa: F401
                    _describe, _method_settings, _plain, _source_label, as_overrides, cell_settings, differences,
                    fingerprint, plan_cells, teacher_settings)
 
@@ -109,7 +109,7 @@ class Benchmark:
         current = _plain(self.cfg)
 
         def part(doc: dict, plan: bool) -> dict:
-            return {k: v for k, v in doc.items() if k != "out" and ((k in PLAN_KEYS) == plan)}
+            return {k: v for k, v in doc.items() if k not in RUN_KEYS and ((k in PLAN_KEYS) == plan)}
 
         diffs = differences(part(previous, False), part(current, False))
         if diffs:
@@ -274,6 +274,7 @@ class Benchmark:
         from ..evaluation.metrics import json_ready
         from ..hosts.lightly.config import compose
         from ..hosts.lightly.runner import run_pretrain
+        import torch
 
         cfg = self.cfg
         final = self.out / "cells" / cell.name
@@ -344,7 +345,7 @@ class Benchmark:
                   "seed": cell.seed, "teacher_source": cell.source, "teacher": str(teacher) if teacher else None,
                   "public_model": source, "backbone": str(backbone_file),
                   "linear": {k: linear.get(k) for k in ("val_acc", "test_acc")},
-                  "temporal": json_ready(evaluation), "seconds": times,
+                  "temporal": json_ready(evaluation), "seconds": times, "threads": torch.get_num_threads(),
                   "settings": settings, "fingerprint": fingerprint(settings)}
         write_json(work / "result.json", result, default=str)
         if final.exists():
@@ -382,6 +383,7 @@ class Benchmark:
 
     def run(self) -> tuple[list[dict], dict[str, str]]:
         cells = plan_cells(self.cfg)
+        jobs = self.jobs()
         self.check_stage_values(cells)
         self.out.mkdir(parents=True, exist_ok=True)
         plan_changes = self.check_config()
@@ -389,26 +391,43 @@ class Benchmark:
         self.record_config(plan_changes)
         self._note_architectures(cells)
         self.ensure_data()
-        results, failures, computed = [], {}, set()
+        finished: dict[str, dict] = {}
+        failures: dict[str, str] = {}
+        computed: set[str] = set()
+        pending = []
         for i, cell in enumerate(cells, 1):
             done = self.out / "cells" / cell.name / "result.json"
             if done.is_file():
                 self.log(f"[{i}/{len(cells)}] {cell.name}: done earlier, kept")
-                results.append(json.loads(done.read_text()))
-                continue
-            stages = "linear" if cell.frozen else "pretrain -> linear"
-            self.log(f"[{i}/{len(cells)}] {cell.name}: {stages} -> features -> temporal -> evaluate")
-            start = time.time()
-            try:
-                results.append(self.run_cell(cell))
+                finished[cell.name] = json.loads(done.read_text())
+            else:
+                pending.append((i, cell))
+
+        def report(i: int, cell: Cell, status: str, payload: Any, seconds: float) -> None:
+            if status == "ok":
+                finished[cell.name] = payload
                 computed.add(cell.name)
-                self.log(f"[{i}/{len(cells)}] {cell.name}: finished in {time.time() - start:.0f}s")
-            except Exception as exc:  # a broken cell is reported; the others still run
-                message = " ".join(str(exc).split()) or type(exc).__name__
-                failures[cell.name] = message
-                self.log(f"[{i}/{len(cells)}] {cell.name}: FAILED: {message}")
-                if os.environ.get("SOLO_SURGICAL_TRACEBACK"):
-                    traceback.print_exc()
+                self.log(f"[{i}/{len(cells)}] {cell.name}: finished in {seconds:.0f}s")
+            else:
+                failures[cell.name] = payload
+                self.log(f"[{i}/{len(cells)}] {cell.name}: FAILED: {payload}")
+
+        if jobs == 1:
+            for i, cell in pending:
+                stages = "linear" if cell.frozen else "pretrain -> linear"
+                self.log(f"[{i}/{len(cells)}] {cell.name}: {stages} -> features -> temporal -> evaluate")
+                start = time.time()
+                try:
+                    report(i, cell, "ok", self.run_cell(cell), time.time() - start)
+                except Exception as exc:  # a broken cell is reported; the others still run
+                    report(i, cell, "failed", " ".join(str(exc).split()) or type(exc).__name__, 0.0)
+                    if os.environ.get("SOLO_SURGICAL_TRACEBACK"):
+                        traceback.print_exc()
+        elif pending:
+            from .parallel import run_pending
+
+            run_pending(self, pending, jobs, report)
+        results = [finished[cell.name] for cell in cells if cell.name in finished]
         from .report import write_reports
 
         write_reports(self.out, results, failures, list(self.cfg.evaluate.protocols))
@@ -420,6 +439,12 @@ class Benchmark:
         write_json(self.out / "timings.json", {k: round(v, 1) for k, v in self.stage_seconds.items()})
         self.record_public_probe(results)
         return results, failures
+
+    def jobs(self) -> int:
+        jobs = self.cfg.get("jobs", 1)
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise UserError(f"benchmark: jobs must be a whole number >= 1 (cells run side by side), got {jobs!r}")
+        return jobs
 
     def record_public_probe(self, results: list[dict]) -> None:
         """Write the generic public model's probe on these surgical frames into its sidecar."""
