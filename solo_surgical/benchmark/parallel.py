@@ -78,9 +78,11 @@ def _work(task: tuple) -> tuple[str, Any, dict[str, float]]:
     Returns ``(status, result or message, shared stage seconds)``; a failure is returned, not
     raised, so that the other tasks go on (as with ``jobs=1``)."""
     bench, logs = _STATE["bench"], _STATE["logs"]
-    name = f"teacher-{task[1]}-b{task[2]}" if task[0] == "teacher" else task[1].name
+    from .plan import _source_label
+
+    name = f"teacher-{_source_label(task[1])}-b{task[2]}" if task[0] == "teacher" else task[1].name
     bench.stage_seconds = {}
-    with output_to(logs / f"{name.replace('/', '_')}.log"):
+    with output_to(logs / f"{name}.log"):
         try:
             if task[0] == "teacher":
                 result: Any = str(bench.ensure_teacher(task[1], task[2]))
@@ -114,7 +116,10 @@ def run_tasks(bench: Any, tasks: list[tuple], jobs: int, threads: int,
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 i = pending.pop(future)
-                status, payload, seconds = future.result()
+                try:
+                    status, payload, seconds = future.result()
+                except Exception as exc:  # the worker itself died (killed, out of memory): its tasks fail
+                    status, payload, seconds = "failed", f"its worker process ended: {_message(exc)}", {}
                 for stage, value in seconds.items():
                     bench.stage_seconds[stage] = bench.stage_seconds.get(stage, 0.0) + value
                 outcomes[i] = (status, payload)
