@@ -9,7 +9,8 @@ Same numbers for any ``jobs``: every worker runs its cells with ``threads`` torc
 process's thread count divided by ``jobs``), and a cell's numbers depend only on its settings, its
 seed and that thread count (recorded in its ``result.json``). So ``jobs=2`` under
 ``OMP_NUM_THREADS=2`` gives the numbers of ``jobs=1`` under ``OMP_NUM_THREADS=1``
-(tests/test_benchmark_jobs.py). Teacher stages run in the workers too, for the same reason.
+(tests/test_benchmark.py: test_cells_side_by_side_give_the_numbers_of_one_at_a_time). Teacher
+stages run in the workers too, for the same reason.
 
 A worker's output (the cell's training log, warnings) goes to ``OUT/logs/<cell>.log``; the main
 process prints one line per finished cell.
