@@ -90,12 +90,20 @@ def test_new_methods_real_fit(tmp_path, toy_dir, toy_teacher, method):
         # output within ~10 steps, which makes the targets more image-specific and the loss rise.
         # Instead: against the final teacher and centre, the trained student beats its initial self.
         _dino_student_improved(cfg, run_dir, toy_dir)
-    else:
+    elif not method.startswith("distill_"):
         first, last = np.mean(losses[2:7]), np.mean(losses[-5:])
         assert last < first, (method, losses)
     if method.startswith("distill_"):
         kl = _losses(tmp_path / "run", "train/distill_kl_step")
         assert len(kl) == 24 and all(np.isfinite(kl)) and kl[0] > 0
+        # The distilled run must learn its own term. Its total loss is no progress measure on this toy:
+        # VICReg's loss jumps between 4 and 54 from step to step here, and with the KL pulling on the
+        # same 4-dimensional embeddings it ended higher than it started at seed 0 (and lower at seeds 1
+        # and 2); the plain variant above checks that the SSL loss falls. (With distill.weight=1e-6
+        # this KL check fails for 4 of the 5 methods: it measures distillation, not drift. DINO's
+        # embeddings move with its centre, as its loss does, so it keeps the check above instead.)
+        if base != "dino":
+            assert np.mean(kl[-5:]) < np.mean(kl[2:7]), (method, kl)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
