@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # The main job (see the README): one method, budget 0.5 (half the training videos), three seeds, the
 # five variants (the frozen random and public backbones cost only probes); the other settings are the
 # benchmark's defaults, except two cells side by side (jobs=2: on the README's 2-core machine, one torch
-# thread each, about twice as fast as one cell at a time with two). --quick: tiny, for tests.
+# thread each). --quick: tiny, for tests.
 DEMO = ["seeds=[0,1,2]", "budgets=[0.5]", "variants=[random,public,plain,distill,public_init]", "jobs=2"]
 QUICK = ["data.synth.videos=8", "data.synth.seconds=8", "data.synth.size=96x64", "data.size=32",
          "generic.scenes=64", "generic.epochs=1", "generic.image_size=32", "pretrain.backbone.name=tiny",

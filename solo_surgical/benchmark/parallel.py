@@ -1,8 +1,7 @@
 """Benchmark cells in worker processes (``jobs`` in the benchmark config).
 
 Why processes: a cell is a small model trained by a few-threaded torch, which keeps one core busy
-far better than two (on 2 CPU cores, two cells side by side at one thread each do about twice the
-work of one cell at two threads). Cells are independent once the data, the public model and the
+better than two. Cells are independent once the data, the public model and the
 teachers exist, and each writes only its own folder, so they can run in any order.
 
 Same numbers for any ``jobs``: every worker runs its cells with ``threads`` torch threads (the main
@@ -24,6 +23,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+
+from ..errors import one_line
 
 _STATE: dict[str, Any] = {}  # the worker's Benchmark and log folder, set once per worker process
 
@@ -54,10 +55,6 @@ def output_to(path: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-
-
-def _message(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _init_worker(config_yaml: str, data_dir: str, sources: dict[str, str], threads: int, logs: str) -> None:
@@ -94,7 +91,7 @@ def _work(task: tuple) -> tuple[str, Any, dict[str, float]]:
             import traceback
 
             traceback.print_exc()
-            return "failed", _message(exc), dict(bench.stage_seconds)
+            return "failed", one_line(exc), dict(bench.stage_seconds)
 
 
 def run_tasks(bench: Any, tasks: list[tuple], jobs: int, threads: int,
@@ -120,7 +117,7 @@ def run_tasks(bench: Any, tasks: list[tuple], jobs: int, threads: int,
                 try:
                     status, payload, seconds = future.result()
                 except Exception as exc:  # the worker itself died (killed, out of memory): its tasks fail
-                    status, payload, seconds = "failed", f"its worker process ended: {_message(exc)}", {}
+                    status, payload, seconds = "failed", f"its worker process ended: {one_line(exc)}", {}
                 for stage, value in seconds.items():
                     bench.stage_seconds[stage] = bench.stage_seconds.get(stage, 0.0) + value
                 outcomes[i] = (status, payload)
@@ -140,7 +137,7 @@ def run_pending(bench: Any, pending: list[tuple[int, Any]], jobs: int, report: C
         try:
             bench.source_path(source)  # the generic public model is trained here, once per user
         except Exception as exc:
-            broken[source] = _message(exc)
+            broken[source] = one_line(exc)
     needed = sorted({(c.source, c.budget) for _, c in pending if c.kind == "distill" and c.source not in broken},
                     key=str)
     missing = [t for t in needed

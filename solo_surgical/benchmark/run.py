@@ -53,7 +53,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import torch_save, write_json, write_text
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 from .plan import (FROZEN, KEEP_LAST_ONLY, PLAN_KEYS, REFERENCE, RUN_KEYS, TRAINED, VARIANTS, Cell,  # noqa: F401
                    _describe, _method_settings, _plain, _source_label, as_overrides, cell_settings, differences,
@@ -420,7 +420,7 @@ class Benchmark:
                 try:
                     report(i, cell, "ok", self.run_cell(cell), time.time() - start)
                 except Exception as exc:  # a broken cell is reported; the others still run
-                    report(i, cell, "failed", " ".join(str(exc).split()) or type(exc).__name__, 0.0)
+                    report(i, cell, "failed", one_line(exc), 0.0)
                     if os.environ.get("SOLO_SURGICAL_TRACEBACK"):
                         traceback.print_exc()
         elif pending:
